@@ -15,6 +15,7 @@ import time
 
 import psycopg
 import pytest
+from appdb_fixtures import app_db
 from psycopg.conninfo import conninfo_to_dict
 
 from formats.home import DataHome
@@ -26,13 +27,11 @@ from tests.postgres_server import (
     SUPERUSER,
     PostgresServer,
     _free_port_number,
-    create_app_database,
     postgres_server,  # noqa: F401 - fixture
     start_server,
 )
 
 DAY = "2023-02-13"
-_counter = iter(range(10**6))
 
 
 def _uid(i: int) -> str:
@@ -58,10 +57,6 @@ def _rank(conn: psycopg.Connection, ranking_id: int, day: str = DAY) -> str:
 
 def _lines(home: DataHome, day: str, table: str) -> list[dict]:
     return [json.loads(line) for line in gzip.decompress(home.raw_file(day, table).read_bytes()).splitlines()]
-
-
-def _app_db(server: PostgresServer) -> str:
-    return create_app_database(server, f"fix24b_{os.getpid()}_{next(_counter)}")
 
 
 def _wait_for(check, what: str) -> None:
@@ -104,7 +99,7 @@ def replica():
 def _databases(replica) -> tuple[str, str]:
     """A new app database seeded with DAY's account and images, replayed by the standby: (primary, standby) DSNs."""
     primary, standby, _ = replica
-    dsn = _app_db(primary)
+    dsn = app_db(primary)
     with psycopg.connect(dsn) as conn:
         _seed_day(conn)
     standby_dsn = standby.dsn(conninfo_to_dict(dsn)["dbname"], password="postgres")
@@ -210,7 +205,7 @@ def test_a_paused_replica_never_replaces_a_day_exported_from_the_primary(replica
 def test_a_standby_judges_the_lag_by_its_last_replayed_commit_not_its_clock(replica, tmp_path):
     primary, standby, _ = replica
     today = dt.datetime.now(dt.timezone.utc).date()
-    dsn = _app_db(primary)
+    dsn = app_db(primary)
     with psycopg.connect(dsn) as conn:
         _seed_day(conn, today.isoformat())
     standby_dsn = standby.dsn(conninfo_to_dict(dsn)["dbname"], password="postgres")
@@ -284,7 +279,7 @@ def tcp_server():
 
 
 def _tcp_dsn(server: PostgresServer, extra: str = "") -> str:
-    dsn = _app_db(server)
+    dsn = app_db(server)
     return f"{dsn.replace(f'host={server.socket_dir}', 'host=127.0.0.1')} {extra}".strip()
 
 
@@ -332,7 +327,7 @@ def test_keepalive_values_the_user_gives_are_kept(tcp_server):
 # --- enum columns ------------------------------------------------------------------------------------
 
 def test_a_domain_over_an_enum_is_exported_and_an_enum_where_no_text_belongs_is_refused(postgres_server, tmp_path):
-    dsn = _app_db(postgres_server)
+    dsn = app_db(postgres_server)
     with psycopg.connect(dsn) as conn:
         _seed_day(conn)
         conn.execute("INSERT INTO rankings (ranking_id, created_at, user_id, image_0_uid, image_1_uid, "

@@ -17,6 +17,7 @@ import time
 
 import psycopg
 import pytest
+from appdb_fixtures import app_db
 from psycopg.conninfo import conninfo_to_dict
 
 from formats.home import DataHome
@@ -27,14 +28,12 @@ from tests.postgres_server import (
     SUPERUSER,
     PostgresServer,
     _free_port_number,
-    create_app_database,
     postgres_server,  # noqa: F401 - fixture
     start_server,
 )
 
 DAY = "2023-02-13"
 TABLES = ("users", "images", "rankings", "downloads")
-_counter = iter(range(10**6))
 
 
 def _uid(i: int) -> str:
@@ -61,10 +60,6 @@ def _lines(home: DataHome, table: str) -> list[dict]:
 
 def _files(home: DataHome) -> dict:
     return {t: (home.raw_file(DAY, t).read_bytes(), home.raw_file(DAY, t).stat().st_ino) for t in TABLES}
-
-
-def _app_db(server: PostgresServer) -> str:
-    return create_app_database(server, f"fix24g_{os.getpid()}_{next(_counter)}")
 
 
 def _scalar(dsn: str, query: str):
@@ -132,7 +127,7 @@ def test_vanishing_rows_counts_keys_the_new_file_lacks(tmp_path):
 # --- the publish-time guard ----------------------------------------------------------------------------
 
 def test_a_replica_may_add_rows_to_a_day_but_never_drop_them(postgres_server, tmp_path, monkeypatch):
-    dsn = _app_db(postgres_server)
+    dsn = app_db(postgres_server)
     with psycopg.connect(dsn) as conn:
         _seed_day(conn)
         _rank(conn, 1)
@@ -173,7 +168,7 @@ def test_a_subscription_that_replicates_no_app_table_does_not_make_the_database_
                                                                                           tmp_path):
     # rev24k: only a subscription naming one of the app tables (pg_subscription_rel) makes the source a replica;
     # one never connected (disabled, no slot, no tables) replicates none of them: deletions propagate
-    dsn = _app_db(postgres_server)
+    dsn = app_db(postgres_server)
     subscription = f"sub_{conninfo_to_dict(dsn)['dbname']}"
     with psycopg.connect(dsn) as conn:
         _seed_day(conn)
@@ -223,7 +218,7 @@ def replica():
 
 def test_a_standby_whose_receiver_the_role_may_not_see_is_refused_until_granted(replica, tmp_path):
     primary, standby = replica
-    dsn = _app_db(primary)
+    dsn = app_db(primary)
     dbname = conninfo_to_dict(dsn)["dbname"]
     role = f"r_{dbname}"
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -245,7 +240,7 @@ def test_a_standby_whose_receiver_the_role_may_not_see_is_refused_until_granted(
 
 def test_a_standby_that_heard_nothing_from_its_upstream_for_too_long_is_refused(replica, tmp_path, monkeypatch):
     primary, standby = replica
-    dsn = _app_db(primary)
+    dsn = app_db(primary)
     with psycopg.connect(dsn) as conn:
         _seed_day(conn)
     standby_dsn = standby.dsn(conninfo_to_dict(dsn)["dbname"], password="postgres")

@@ -9,7 +9,6 @@ Real PostgreSQL (``tests/postgres_server.py``).
 """
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import json
 import os
@@ -17,6 +16,7 @@ import random
 
 import psycopg
 import pytest
+from appdb_fixtures import NIGHTLY, NOW, app_db
 
 from formats.home import DataHome
 from pipelines.appdb import export as export_module
@@ -34,14 +34,6 @@ from pipelines.appdb.export import (
     undated_rows,
 )
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
-
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-NIGHTLY = AppExportConfig(lag_minutes=60, lookback_days=2)
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"fix29c_{os.getpid()}_{next(_counter)}")
 
 
 def _lines(home: DataHome, day: str, table: str) -> list[dict]:
@@ -75,7 +67,7 @@ def test_the_id_digest_is_postgresqls_hashint8extended_summed(postgres_server): 
     rng = random.Random(29)
     ids = [0, 1, -1, 2, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1, 2**32, 2**63 - 1, -(2**63)]
     ids += [rng.randint(-(2**63), 2**63 - 1) for _ in range(500)] + [rng.randint(0, 10**7) for _ in range(500)]
-    with psycopg.connect(_app_db(postgres_server)) as conn:
+    with psycopg.connect(app_db(postgres_server)) as conn:
         hashes, total = conn.execute(
             "SELECT array_agg(hashint8extended(v, 0) ORDER BY o), sum(hashint8extended(v, 0)) "
             "FROM unnest(%s::int8[]) WITH ORDINALITY AS t(v, o)", (ids,)).fetchone()
@@ -94,7 +86,7 @@ def _history(dsn: str, home: DataHome) -> None:
 
 
 def test_a_late_row_hidden_by_a_deletion_lands_in_its_day_and_the_day_is_whole_again(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     _history(dsn, home)
     with psycopg.connect(dsn) as conn:     # ranking 1 deleted, ranking 0 (an id taken long ago) committed late
         conn.execute("DELETE FROM rankings WHERE ranking_id = 1")
@@ -113,7 +105,7 @@ def test_a_late_row_hidden_by_a_deletion_lands_in_its_day_and_the_day_is_whole_a
 
 def test_a_deletion_alone_is_compared_once_not_reported_nor_re_exported(postgres_server, tmp_path,  # noqa: F811
                                                                         monkeypatch):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     _history(dsn, home)
     with psycopg.connect(dsn) as conn:
         _rank(conn, "2023-03-01", "another", ranking_id=10)
@@ -135,7 +127,7 @@ def test_a_deletion_alone_is_compared_once_not_reported_nor_re_exported(postgres
 
 
 def test_a_counts_cache_of_before_the_digest_is_recomputed(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     _history(dsn, home)
     cache = home.cache / COUNTS_CACHE / "dt=2023-03-01.json"
     raw_day_state(home, "2023-03-01")
@@ -148,7 +140,7 @@ def test_a_counts_cache_of_before_the_digest_is_recomputed(postgres_server, tmp_
 # --- 2. rows once undated -------------------------------------------------------------------------------------
 
 def test_an_undated_row_dated_later_lands_in_its_day_and_is_forgotten(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         conn.execute("ALTER TABLE rankings ALTER COLUMN created_at DROP NOT NULL")
         for day in range(1, 31):
@@ -179,7 +171,7 @@ def test_an_undated_row_dated_later_lands_in_its_day_and_is_forgotten(postgres_s
 
 def test_a_row_dated_to_a_day_the_raw_zone_lacks_is_named_with_the_build_that_exports_it(postgres_server,  # noqa: F811
                                                                                          tmp_path):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         conn.execute("ALTER TABLE rankings ALTER COLUMN created_at DROP NOT NULL")
         _rank(conn, "2023-03-10", "on time")
@@ -196,7 +188,7 @@ def test_a_row_dated_to_a_day_the_raw_zone_lacks_is_named_with_the_build_that_ex
 
 
 def test_undated_ids_are_bounded_on_the_server_and_in_the_state(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         conn.execute("ALTER TABLE rankings ALTER COLUMN created_at DROP NOT NULL")
         _rank(conn, "2023-03-01", "on time")
@@ -216,7 +208,7 @@ def test_undated_ids_are_bounded_on_the_server_and_in_the_state(postgres_server,
 
 
 def test_a_state_file_the_export_did_not_write_is_read_as_nothing_remembered(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, "2023-03-01", "on time")
     (home.cache).mkdir(parents=True)
@@ -232,7 +224,7 @@ def test_a_state_file_the_export_did_not_write_is_read_as_nothing_remembered(pos
 
 def test_a_replica_keeps_the_rows_it_lacks_in_order_and_writes_the_same_bytes_again(postgres_server, tmp_path,  # noqa: F811
                                                                                    monkeypatch):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     day = "2023-03-01"
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO users VALUES (1, %s, 'a@example.com', 'a'), (2, %s, 'b@example.com', 'b'), "
@@ -287,7 +279,7 @@ def test_rows_kept_from_a_file_out_of_order_or_cut_short_follow_the_new_rows(tmp
 
 
 def test_keep_exported_rows_keeps_a_deletion_in_a_primary_re_export(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         for i in (1, 2):
             _rank(conn, "2023-03-01", f"r{i}", ranking_id=i)
@@ -303,7 +295,7 @@ def test_keep_exported_rows_keeps_a_deletion_in_a_primary_re_export(postgres_ser
 
 def test_a_users_snapshot_deletion_is_compared_once_for_each_day_then_not_again(postgres_server, tmp_path,  # noqa: F811
                                                                                  monkeypatch):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO users VALUES (1, '2023-03-01 01:00', 'a@x', 'a'), (2, '2023-03-01 02:00', 'b@x', 'b')")
     _history(dsn, home)
@@ -323,7 +315,7 @@ def test_a_file_with_no_readable_line_is_not_kept_from_and_a_write_error_replace
     (tmp_path / "junk.gz").write_bytes(b"not gzip at all")
     with pytest.raises(export_module._OldUnreadable):
         _keep_absent_rows(tmp_path / "junk.gz", new, tmp_path / "out.gz")
-    dsn, home, day = _app_db(postgres_server), DataHome.at(tmp_path / "home"), "2023-03-01"
+    dsn, home, day = app_db(postgres_server), DataHome.at(tmp_path / "home"), "2023-03-01"
     with psycopg.connect(dsn) as conn:
         for i in (1, 2):
             _rank(conn, day, f"r{i}", ranking_id=i)

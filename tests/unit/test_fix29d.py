@@ -7,12 +7,12 @@ of its own, and still remembers a deletion alone. Real PostgreSQL (``tests/postg
 """
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import json
 import os
 
 import psycopg
+from appdb_fixtures import NIGHTLY, NOW, app_db
 
 from formats.home import DataHome
 from pipelines.appdb import export as export_module
@@ -27,14 +27,7 @@ from pipelines.appdb.export import (
 )
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
 
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-NIGHTLY = AppExportConfig(lag_minutes=60, lookback_days=2)
 DAY = "2023-03-01"
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"fix29d_{os.getpid()}_{next(_counter)}")
 
 
 def _raw_lines(home: DataHome, day: str, table: str) -> list[bytes]:
@@ -87,7 +80,7 @@ def test_a_lines_id_is_read_in_any_json_spelling_and_bounded():
 
 
 def test_the_counts_cache_digest_reads_a_compact_day_as_the_export_does(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, DAY, "a", 1)
         _rank(conn, DAY, "b", 2)
@@ -103,7 +96,7 @@ def test_the_counts_cache_digest_reads_a_compact_day_as_the_export_does(postgres
 
 def test_unreadable_lines_are_kept_apart_and_deleted_rows_in_another_spelling_are_kept_once(postgres_server,  # noqa: F811
                                                                                              tmp_path, monkeypatch):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         for i in (1, 2, 3):
             _rank(conn, DAY, f"r{i}", i)
@@ -131,7 +124,7 @@ def test_unreadable_lines_are_kept_apart_and_deleted_rows_in_another_spelling_ar
 
 def test_rows_the_app_holds_undated_or_elsewhere_leave_the_day_a_deleted_one_stays(postgres_server, tmp_path,  # noqa: F811
                                                                                  monkeypatch):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         conn.execute("ALTER TABLE rankings ALTER COLUMN created_at DROP NOT NULL")
         for i in (1, 2, 3, 4):
@@ -154,7 +147,7 @@ def test_rows_the_app_holds_undated_or_elsewhere_leave_the_day_a_deleted_one_sta
 
 def test_an_account_created_after_the_day_leaves_its_users_snapshot_a_deleted_one_stays(postgres_server,  # noqa: F811
                                                                                          tmp_path, monkeypatch):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO users VALUES (1, '2023-02-01 01:00', 'a@example.com', 'a'), "
                      "(2, '2023-02-02 01:00', 'b@example.com', 'b'), (3, '2023-03-01 01:00', 'c@example.com', 'c')")
@@ -180,7 +173,7 @@ def _history(dsn: str, home: DataHome) -> None:
 
 def test_a_row_that_left_a_day_past_the_lookback_is_named_apart_and_its_day_re_exported(postgres_server,  # noqa: F811
                                                                                          tmp_path):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     _history(dsn, home)
     with psycopg.connect(dsn) as conn:
         conn.execute("ALTER TABLE rankings ALTER COLUMN created_at DROP NOT NULL")
@@ -199,7 +192,7 @@ def test_a_row_that_left_a_day_past_the_lookback_is_named_apart_and_its_day_re_e
 
 
 def test_a_deletion_alone_is_still_remembered_not_re_exported(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     _history(dsn, home)
     with psycopg.connect(dsn) as conn:
         conn.execute("DELETE FROM rankings WHERE ranking_id = 1")
@@ -210,7 +203,7 @@ def test_a_deletion_alone_is_still_remembered_not_re_exported(postgres_server, t
 
 
 def test_an_account_moved_out_of_an_old_users_snapshot_marks_that_day(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO users VALUES (1, '2023-03-01 01:00', 'a@x', 'a'), (2, '2023-03-01 02:00', 'b@x', 'b')")
     _history(dsn, home)

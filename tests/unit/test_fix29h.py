@@ -8,36 +8,20 @@ arrays. Real PostgreSQL (``tests/postgres_server.py``).
 from __future__ import annotations
 
 import array
-import datetime as dt
 import gzip
 import json
 import os
 
 import psycopg
 import pytest
+from appdb_fixtures import NIGHTLY, NOW, app_db
 
 from dagster_project.build import BuildError, select_app_db_days
 from formats.home import DataHome
 from formats.settings import load
 from pipelines.appdb import export as export_module
-from pipelines.appdb.export import (
-    AppExportConfig,
-    _file_counts,
-    _line_keys,
-    _sorted_unique,
-    export_day,
-    held_ids,
-    late_days,
-)
+from pipelines.appdb.export import _file_counts, _line_keys, _sorted_unique, export_day, held_ids, late_days
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
-
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-NIGHTLY = AppExportConfig(lag_minutes=60, lookback_days=2)
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"fix29h_{os.getpid()}_{next(_counter)}")
 
 
 def _raw(home: DataHome, day: str, table: str) -> bytes:
@@ -57,7 +41,7 @@ def _rank(conn, day: str, ranking_id: int, user_id: int = 1) -> None:
 
 def test_a_ranged_build_re_exports_raw_days_without_app_rows_from_the_primary_only(postgres_server, tmp_path,  # noqa: F811
                                                                                    monkeypatch):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, "2023-03-01", 1)
         _rank(conn, "2023-03-02", 2)
@@ -89,7 +73,7 @@ def test_a_ranged_build_re_exports_raw_days_without_app_rows_from_the_primary_on
 # --- 2. a row that leaves a raw day: its new day --------------------------------------------------------------
 
 def test_a_row_moved_by_a_lookback_re_export_marks_its_new_day(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, "2023-03-01", 1)
         _rank(conn, "2023-03-20", 2)
@@ -107,7 +91,7 @@ def test_a_row_moved_by_a_lookback_re_export_marks_its_new_day(postgres_server, 
 
 
 def test_a_row_moved_to_a_day_before_the_raw_zone_is_named_with_its_build(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, "2023-03-01", 1)
         _rank(conn, "2023-03-02", 2)
@@ -136,7 +120,7 @@ def test_a_leading_byte_order_mark_is_skipped_as_the_ingest_skips_it(tmp_path):
 
 
 def test_a_replica_re_export_of_a_marked_day_writes_no_mark_mid_file(postgres_server, tmp_path, monkeypatch):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     day = "2023-03-01"
     with psycopg.connect(dsn) as conn:
         _rank(conn, day, 5)
@@ -159,7 +143,7 @@ def test_a_replica_re_export_of_a_marked_day_writes_no_mark_mid_file(postgres_se
 # --- 4. the ids looked up: int64 arrays -----------------------------------------------------------------------
 
 def test_held_ids_are_int64_arrays_with_their_days(postgres_server):  # noqa: F811
-    dsn = _app_db(postgres_server)
+    dsn = app_db(postgres_server)
     with psycopg.connect(dsn) as conn:
         conn.execute("ALTER TABLE rankings ALTER COLUMN created_at DROP NOT NULL")
         for i in range(1, 5000):

@@ -7,13 +7,13 @@ Real PostgreSQL (``tests/postgres_server.py``).
 """
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import json
 import os
 
 import psycopg
 import pytest
+from appdb_fixtures import NOW, app_db
 
 from dagster_project.build import BuildError, select_app_db_days
 from formats.home import DataHome
@@ -22,14 +22,8 @@ from pipelines.appdb.export import WRITTEN_RECORDS, export_day, written_by_expor
 from simulator.export import write_jsonl_gz
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
 
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 LEFT = "are left as they are: their files were not written by the app export"
 ERASED = "hold no row the app database has now: re-exported"
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"fix29i_{os.getpid()}_{next(_counter)}")
 
 
 def _rank(conn, day: str, ranking_id: int, user_id: int = 1) -> None:
@@ -48,7 +42,7 @@ def _record(home: DataHome, day: str):
 
 def _exported_then_erased(server, tmp_path, monkeypatch) -> tuple[str, DataHome]:
     """2023-03-01 exported from the app (ranking 1), then the account erased there; 2023-03-02 holds ranking 2."""
-    dsn, home = _app_db(server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, "2023-03-01", 1, user_id=7)
         _rank(conn, "2023-03-02", 2)
@@ -60,7 +54,7 @@ def _exported_then_erased(server, tmp_path, monkeypatch) -> tuple[str, DataHome]
 
 
 def test_a_raw_day_the_export_did_not_write_is_left_byte_for_byte(postgres_server, tmp_path, monkeypatch):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, "2023-03-02", 2)
     home.raw_day("2023-03-01").mkdir(parents=True)     # the simulator's (or an import's) day: the app never had it

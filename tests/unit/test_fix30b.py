@@ -13,7 +13,6 @@ Real PostgreSQL (``tests/postgres_server.py``) where the app database is involve
 """
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import json
 import os
@@ -21,6 +20,7 @@ import os
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
+from appdb_fixtures import NOW, app_db
 
 from formats.home import DataHome
 from formats.locks import writing_shared
@@ -31,13 +31,7 @@ from pipelines.splits.assign import drop_erased_pins, normalize_prompt
 from pipelines.sqlrun import connect
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
 
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 KEEPING = AppExportConfig(lag_minutes=60, lookback_days=2, keep_exported_rows=True)
-
-
-def _app_db(server, encoding: str = "UTF8") -> str:
-    return create_app_database(server, f"fix30b_{os.getpid()}_{next(_counter)}", encoding)
 
 
 def _prompts(home: DataHome, day: str) -> list:
@@ -70,13 +64,13 @@ def _identity_pairs(dsn: str, prompts: list[str]) -> list[tuple[int, int]]:
 
 
 def test_the_app_row_and_its_raw_line_have_one_identity(postgres_server):  # noqa: F811
-    pairs = _identity_pairs(_app_db(postgres_server), ["a cat", "Кот в сапогах ünïcode", 'quotes " and \\'])
+    pairs = _identity_pairs(app_db(postgres_server), ["a cat", "Кот в сапогах ünïcode", 'quotes " and \\'])
     assert all(app == raw and raw != UNKNOWN_IDENTITY for app, raw in pairs)
     assert len({app for app, _ in pairs}) == 3
 
 
 def test_a_latin1_database_compares_its_non_ascii_text_as_unknown_alike(postgres_server):  # noqa: F811
-    pairs = _identity_pairs(_app_db(postgres_server, "LATIN1"), ["a cat", "café au lait"])
+    pairs = _identity_pairs(app_db(postgres_server, "LATIN1"), ["a cat", "café au lait"])
     assert all(app == raw and raw != UNKNOWN_IDENTITY for app, raw in pairs)
 
 
@@ -91,7 +85,7 @@ def test_an_identity_that_cannot_be_read_is_unknown():
 
 def test_keep_exported_rows_keeps_a_row_whose_id_the_app_gave_again_and_drops_a_moved_one(postgres_server,  # noqa: F811
                                                                                            tmp_path):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         for prompt in ("kept 1", "lost in the restore 2", "lost in the restore 3", "moved 4"):
             _rank(conn, "2023-03-01", prompt)

@@ -10,13 +10,13 @@ marker that cannot be set or cleared is a warning.
 """
 from __future__ import annotations
 
-import datetime as dt
 import fcntl
 import gzip
 import json
 import os
 
 import psycopg
+from appdb_fixtures import NIGHTLY, NOW, app_db
 
 from formats.home import DataHome
 from formats.locks import open_lock_file, try_lock
@@ -38,14 +38,7 @@ from pipelines.appdb.export import (
 )
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
 
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-NIGHTLY = AppExportConfig(lag_minutes=60, lookback_days=2)
 KEEPING = AppExportConfig(lag_minutes=60, lookback_days=2, keep_exported_rows=True)
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"fix31e_{os.getpid()}_{next(_counter)}")
 
 
 def _lines(home: DataHome, day: str) -> list[dict]:
@@ -65,7 +58,7 @@ def _rank(conn, day: str, ranking_id: int, user_id: int = 1) -> None:
 # --- 1. the identity decides what the old day keeps, never whether the new day is marked ------------------------------
 
 def test_the_lookback_re_export_marks_the_day_of_a_row_moved_and_reassigned(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, "2023-03-01", 1)
         _rank(conn, "2023-03-20", 2, user_id=9)
@@ -82,7 +75,7 @@ def test_the_lookback_re_export_marks_the_day_of_a_row_moved_and_reassigned(post
 
 
 def test_a_keeping_re_export_keeps_the_old_line_and_marks_the_new_day(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, "2023-03-01", 1)
         _rank(conn, "2023-03-20", 2, user_id=9)
@@ -103,7 +96,7 @@ def test_a_keeping_re_export_keeps_the_old_line_and_marks_the_new_day(postgres_s
 
 def test_a_superseded_export_publishes_and_records_nothing_and_a_later_one_publishes(postgres_server,  # noqa: F811
                                                                                      tmp_path):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     day = "2023-03-01"
     with psycopg.connect(dsn) as conn:
         _rank(conn, day, 1)
@@ -201,7 +194,7 @@ def test_a_late_marker_that_cannot_be_set_or_cleared_is_a_warning(tmp_path):
 
 
 def test_the_export_reports_a_marker_it_could_not_clear(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, "2023-03-01", 1)
     home.cache.mkdir(parents=True)

@@ -10,11 +10,11 @@ none); a superseded export's report names no file.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 
 import psycopg
+from appdb_fixtures import NIGHTLY, NOW, app_db
 
 from formats.home import DataHome
 from pipelines.appdb import export as export_module
@@ -23,7 +23,6 @@ from pipelines.appdb.export import (
     SNAPSHOT_ORDER,
     TICKET_CLOCK,
     TICKETS_LOCK,
-    AppExportConfig,
     export_day,
     last_ticket,
     late_days,
@@ -35,9 +34,6 @@ from pipelines.appdb.export import (
 )
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
 
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-NIGHTLY = AppExportConfig(lag_minutes=60, lookback_days=2)
 DAY = "2023-03-01"
 
 
@@ -46,10 +42,6 @@ class _Conn:
 
     def execute(self, query: str) -> None:
         pass
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"fix31h_{os.getpid()}_{next(_counter)}")
 
 
 def _rank(conn, day: str, ranking_id: int) -> None:
@@ -131,7 +123,7 @@ def test_a_checked_day_whose_marker_was_set_after_the_snapshot_keeps_it(postgres
     """Not superseded: the export of 03-20 finds 03-04 whole in its snapshot, but 03-04's marker was set after that
     snapshot (here by hand, as another export's check finding a row committed since): it stays, and the next export
     clears it. A marker set before the snapshot, or one written before fix31h (empty, older), is cleared."""
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     checked, day = "2023-03-04", "2023-03-20"
     with psycopg.connect(dsn) as conn:
         _rank(conn, checked, 1)
@@ -160,7 +152,7 @@ def test_a_checked_day_whose_marker_was_set_after_the_snapshot_keeps_it(postgres
 
 
 def test_late_rows_alone_clears_only_from_a_snapshot_it_takes_itself(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     checked, day = "2023-03-04", "2023-03-20"
     with psycopg.connect(dsn) as conn:
         _rank(conn, checked, 1)
@@ -174,7 +166,7 @@ def test_late_rows_alone_clears_only_from_a_snapshot_it_takes_itself(postgres_se
 
 
 def test_a_superseded_export_reports_no_file_of_its_own(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, DAY, 1)
     newer = []

@@ -14,12 +14,10 @@ Real PostgreSQL server (``tests/postgres_server.py``), the real ``export_day``; 
 """
 from __future__ import annotations
 
-import datetime as dt
-import gzip
 import json
-import os
 
 import psycopg
+from appdb_fixtures import NIGHTLY, NOW, add_ranking, add_user, app_db, exported_app, nightly, raw_lines, warnings_of
 
 from formats.home import DataHome
 from pipelines.appdb.export import (
@@ -27,117 +25,79 @@ from pipelines.appdb.export import (
     COUNTS_CACHE,
     LATE_MARKERS,
     UNDATED_STATE,
-    AppExportConfig,
     edited_warning,
     export_day,
     late_days,
     late_warnings,
 )
-from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
-
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-NIGHTLY = AppExportConfig(lag_minutes=60, lookback_days=2)
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"fix35e_{os.getpid()}_{next(_counter)}")
-
-
-def _lines(home: DataHome, day: str, table: str) -> list[dict]:
-    path = home.raw_file(day, table)
-    return [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()] if path.exists() else []
-
-
-def _rank(conn, ranking_id: int, when: str, user: int = 1, best: str = "u-a") -> None:
-    conn.execute("INSERT INTO rankings (ranking_id, created_at, user_id, image_0_uid, image_1_uid, best_image_uid, "
-                 "prompt) VALUES (%s, %s, %s, 'u-a', 'u-b', %s, 'a cat')", (ranking_id, when, user, best))
-
-
-def _user(conn, user_id: int, when: str, email: str) -> None:
-    conn.execute("INSERT INTO users (user_id, created_at, email, name) VALUES (%s, %s, %s, 'n')",
-                 (user_id, when, email))
-
-
-def _nightly(home: DataHome, dsn: str, night: str, schedule: bool = False) -> list:
-    """The night's export, then the marked days (``schedule``: only those the raw zone holds, as
-    ``app_export_schedule`` does)."""
-    reports = [export_day(home, dsn, night, NIGHTLY, now=NOW)]
-    for marked in late_days(home):
-        if not schedule or marked in home.raw_days():
-            reports.append(export_day(home, dsn, marked, NIGHTLY, now=NOW))
-    return reports
-
-
-def _warnings(reports: list) -> list[str]:
-    return [line for report in reports for line in report.warnings]
+from tests.postgres_server import postgres_server  # noqa: F401 - fixture
 
 
 def test_an_edited_email_reaches_the_users_snapshots_past_the_lookback_and_is_named(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
-        _user(conn, 1, "2023-03-01 09:00", "old@example.com")
-        _rank(conn, 1, "2023-03-01 12:00")
-        _rank(conn, 2, "2023-03-02 12:00")
+        add_user(conn, 1, "2023-03-01 09:00", "old@example.com")
+        add_ranking(conn, 1, "2023-03-01 12:00")
+        add_ranking(conn, 2, "2023-03-02 12:00")
     for night in ("2023-03-01", "2023-03-02"):
-        _nightly(home, dsn, night)
+        nightly(home, dsn, night)
     record = json.loads((home.cache / CONTENT_RECORDS / "dt=2023-03-01.json").read_bytes())
     assert sorted(record) == ["downloads", "images", "rankings", "users"]
     # fix35h: a users snapshot's baseline also holds its parts by creation day (a seventh member)
     assert all(len(entry) == (7 if table == "users" else 6) for table, entry in record.items())
     with psycopg.connect(dsn) as conn:
         conn.execute("UPDATE users SET email = 'new@example.com' WHERE user_id = 1")
-    reports = _nightly(home, dsn, "2023-03-10")
-    lines = _warnings(reports)
+    reports = nightly(home, dsn, "2023-03-10")
+    lines = warnings_of(reports)
     edited = [line for line in lines if line.startswith("app rows edited since")]
     assert len(edited) == 1 and "2023-03-01: users" in edited[0] and "2023-03-02: users" in edited[0]
     assert not any(line.startswith("app rows committed after") for line in lines)   # no row is late
     for day in ("2023-03-01", "2023-03-02"):         # every users snapshot holding the account follows
-        assert [row["email"] for row in _lines(home, day, "users")] == ["new@example.com"]
+        assert [row["email"] for row in raw_lines(home, day, "users")] == ["new@example.com"]
     assert late_days(home) == []
-    again = _nightly(home, dsn, "2023-03-11")        # re-exported once: the next night is quiet
-    assert len(again) == 1 and not any("edited" in line for line in _warnings(again))
+    again = nightly(home, dsn, "2023-03-11")        # re-exported once: the next night is quiet
+    assert len(again) == 1 and not any("edited" in line for line in warnings_of(again))
 
 
 def test_a_deletion_alone_keeps_the_raw_day_and_a_later_edit_is_still_seen(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
-        _rank(conn, 1, "2023-03-01 10:00")
-        _rank(conn, 2, "2023-03-01 12:00")
-    _nightly(home, dsn, "2023-03-01")
+        add_ranking(conn, 1, "2023-03-01 10:00")
+        add_ranking(conn, 2, "2023-03-01 12:00")
+    nightly(home, dsn, "2023-03-01")
     with psycopg.connect(dsn) as conn:
         conn.execute("DELETE FROM rankings WHERE ranking_id = 2")
-    reports = _nightly(home, dsn, "2023-03-10")
+    reports = nightly(home, dsn, "2023-03-10")
     assert len(reports) == 1 and late_days(home) == []          # a deletion alone: no re-export, as before
-    assert [row["ranking_id"] for row in _lines(home, "2023-03-01", "rankings")] == [1, 2]
+    assert [row["ranking_id"] for row in raw_lines(home, "2023-03-01", "rankings")] == [1, 2]
     with psycopg.connect(dsn) as conn:
         conn.execute("UPDATE rankings SET best_image_uid = 'u-b' WHERE ranking_id = 1")
-    reports = _nightly(home, dsn, "2023-03-11")
-    assert any(line.startswith("app rows edited since") for line in _warnings(reports))
-    assert [(row["ranking_id"], row["best_image_uid"]) for row in _lines(home, "2023-03-01", "rankings")] \
+    reports = nightly(home, dsn, "2023-03-11")
+    assert any(line.startswith("app rows edited since") for line in warnings_of(reports))
+    assert [(row["ranking_id"], row["best_image_uid"]) for row in raw_lines(home, "2023-03-01", "rankings")] \
         == [(1, "u-b")]       # its re-export from the primary holds the app's rows (the deleted one goes, as always)
 
 
 def test_a_day_without_a_content_record_gets_one_and_its_next_edit_is_seen(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
-        _rank(conn, 1, "2023-03-01 12:00")
-    _nightly(home, dsn, "2023-03-01")
+        add_ranking(conn, 1, "2023-03-01 12:00")
+    nightly(home, dsn, "2023-03-01")
     record = home.cache / CONTENT_RECORDS / "dt=2023-03-01.json"
     record.unlink()                                   # a day exported before fix35e (or the cache deleted)
-    reports = _nightly(home, dsn, "2023-03-10")
+    reports = nightly(home, dsn, "2023-03-10")
     assert len(reports) == 1 and late_days(home) == [] and record.is_file()   # whole: its values are the baseline
     with psycopg.connect(dsn) as conn:
         conn.execute("UPDATE rankings SET prompt = 'a dog' WHERE ranking_id = 1")
-    _nightly(home, dsn, "2023-03-11")
-    assert [row["prompt"] for row in _lines(home, "2023-03-01", "rankings")] == ["a dog"]
+    nightly(home, dsn, "2023-03-11")
+    assert [row["prompt"] for row in raw_lines(home, "2023-03-01", "rankings")] == ["a dog"]
 
 
 def test_a_marker_that_cannot_be_set_leaves_the_checked_day_unrecorded(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
-        _rank(conn, 1, "2023-02-01 12:00", 1)
-        _rank(conn, 2, "2023-03-01 12:00", 1)
+        add_ranking(conn, 1, "2023-02-01 12:00", 1)
+        add_ranking(conn, 2, "2023-03-01 12:00", 1)
     for day in ("2023-02-01", "2023-03-01"):
         export_day(home, dsn, day, NIGHTLY, now=NOW)
     with psycopg.connect(dsn) as conn:   # moved to 02-01 and given another user: 03-01 keeps its line
@@ -152,22 +112,19 @@ def test_a_marker_that_cannot_be_set_leaves_the_checked_day_unrecorded(postgres_
     counts = json.loads((home.cache / COUNTS_CACHE / "dt=2023-03-01.json").read_bytes())
     assert counts["rankings"][7] is None              # not "whole": the next night compares it again
     markers.unlink()
-    _nightly(home, dsn, "2023-03-11")
-    assert [(row["ranking_id"], row["user_id"]) for row in _lines(home, "2023-02-01", "rankings")] == [(1, 1), (2, 3)]
+    nightly(home, dsn, "2023-03-11")
+    assert [(row["ranking_id"], row["user_id"]) for row in raw_lines(home, "2023-02-01", "rankings")] \
+        == [(1, 1), (2, 3)]
 
 
 def test_a_row_moved_before_the_first_raw_day_is_named_every_night_until_its_day_is_exported(  # noqa: F811
         postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
-    with psycopg.connect(dsn) as conn:
-        _rank(conn, 1, "2023-03-01 10:00")
-        _rank(conn, 2, "2023-03-01 12:00")
-        _rank(conn, 3, "2023-03-01 13:00")
-    export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
+    dsn, home = exported_app(postgres_server, tmp_path / "home",
+                             {1: "2023-03-01 10:00", 2: "2023-03-01 12:00", 3: "2023-03-01 13:00"})
     with psycopg.connect(dsn) as conn:
         conn.execute("UPDATE rankings SET created_at = '2023-02-15 08:00' WHERE ranking_id IN (2, 3)")
     for night in ("2023-03-10", "2023-03-11", "2023-03-12"):       # as the schedule runs: 02-15 is never exported
-        lines = _warnings(_nightly(home, dsn, night, schedule=True))
+        lines = warnings_of(nightly(home, dsn, night, schedule=True))
         assert any("2023-02-15" in line and "pickapic build --from-app-db --from 2023-02-15" in line for line in lines)
     assert home.raw_days() == ["2023-03-01", "2023-03-10", "2023-03-11", "2023-03-12"]
     state = json.loads((home.cache / UNDATED_STATE).read_bytes())
@@ -175,9 +132,9 @@ def test_a_row_moved_before_the_first_raw_day_is_named_every_night_until_its_day
     with psycopg.connect(dsn) as conn:
         conn.execute("DELETE FROM rankings WHERE ranking_id = 3")          # deleted: forgotten
     export_day(home, dsn, "2023-02-15", NIGHTLY, now=NOW)                  # the build the warning names
-    assert [row["ranking_id"] for row in _lines(home, "2023-02-15", "rankings")] == [2]
+    assert [row["ranking_id"] for row in raw_lines(home, "2023-02-15", "rankings")] == [2]
     assert not (home.cache / UNDATED_STATE).exists()
-    lines = _warnings(_nightly(home, dsn, "2023-03-13", schedule=True))
+    lines = warnings_of(nightly(home, dsn, "2023-03-13", schedule=True))
     assert not any("2023-02-15" in line for line in lines)
 
 

@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 
 import psycopg
-from test_fix35e import _app_db, _lines, _nightly, _rank, _user, _warnings
+from appdb_fixtures import add_ranking, add_user, app_db, nightly, raw_lines, two_accounts, warnings_of
 
 from formats.home import DataHome
 from pipelines.appdb.export import (
@@ -129,66 +129,56 @@ def test_a_content_record_with_malformed_parts_is_no_baseline() -> None:
 
 
 def test_an_erasure_of_a_later_account_hides_no_edit_of_an_earlier_one(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
-        _user(conn, 1, "2023-03-01 09:00", "old@example.com")
-        _user(conn, 2, "2023-03-02 09:00", "two@example.com")
-        _user(conn, 3, "2023-03-03 09:00", "three@example.com")
+        add_user(conn, 1, "2023-03-01 09:00", "old@example.com")
+        add_user(conn, 2, "2023-03-02 09:00", "two@example.com")
+        add_user(conn, 3, "2023-03-03 09:00", "three@example.com")
         for rid, day in ((1, "2023-03-01"), (2, "2023-03-02"), (3, "2023-03-03")):
-            _rank(conn, rid, f"{day} 12:00", user=rid)
+            add_ranking(conn, rid, f"{day} 12:00", user=rid)
     for night in ("2023-03-01", "2023-03-02", "2023-03-03"):
-        _nightly(home, dsn, night)
+        nightly(home, dsn, night)
     with psycopg.connect(dsn) as conn:
         conn.execute("DELETE FROM rankings WHERE user_id = 3")
         conn.execute("DELETE FROM users WHERE user_id = 3")          # erased, created after the edited account
         conn.execute("UPDATE users SET email = 'new@example.com' WHERE user_id = 1")
-    lines = _warnings(_nightly(home, dsn, "2023-03-11"))
+    lines = warnings_of(nightly(home, dsn, "2023-03-11"))
     edited = [line for line in lines if line.startswith("app rows edited since")]
     assert len(edited) == 1 and all(f"2023-03-0{n}: users" in edited[0] for n in (1, 2, 3)), lines
     for day in ("2023-03-01", "2023-03-02", "2023-03-03"):
-        assert {row["user_id"]: row["email"] for row in _lines(home, day, "users")}[1] == "new@example.com"
+        assert {row["user_id"]: row["email"] for row in raw_lines(home, day, "users")}[1] == "new@example.com"
     assert late_days(home) == []
-    again = _nightly(home, dsn, "2023-03-12")            # re-exported once: the next night is quiet
-    assert len(again) == 1 and not any("edited" in line for line in _warnings(again))
+    again = nightly(home, dsn, "2023-03-12")            # re-exported once: the next night is quiet
+    assert len(again) == 1 and not any("edited" in line for line in warnings_of(again))
 
 
 def test_an_erasure_alone_re_exports_nothing_and_keeps_the_snapshot(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
-    with psycopg.connect(dsn) as conn:
-        _user(conn, 1, "2023-03-01 09:00", "one@example.com")
-        _user(conn, 2, "2023-03-02 09:00", "two@example.com")
-        _rank(conn, 1, "2023-03-01 12:00")
-        _rank(conn, 2, "2023-03-02 12:00", user=2)
+    dsn, home = two_accounts(postgres_server, tmp_path / "home")
     for night in ("2023-03-01", "2023-03-02"):
-        _nightly(home, dsn, night)
+        nightly(home, dsn, night)
     with psycopg.connect(dsn) as conn:
         conn.execute("DELETE FROM rankings WHERE user_id = 1")
         conn.execute("DELETE FROM users WHERE user_id = 1")
-    reports = _nightly(home, dsn, "2023-03-10")
+    reports = nightly(home, dsn, "2023-03-10")
     assert len(reports) == 1 and late_days(home) == []
-    assert not any("edited" in line for line in _warnings(reports))
-    assert [row["user_id"] for row in _lines(home, "2023-03-02", "users")] == [1, 2]   # the raw zone keeps it
+    assert not any("edited" in line for line in warnings_of(reports))
+    assert [row["user_id"] for row in raw_lines(home, "2023-03-02", "users")] == [1, 2]   # the raw zone keeps it
     # the check found it whole and recorded the baseline of the accounts now, by creation day
     entry = json.loads((home.cache / CONTENT_RECORDS / "dt=2023-03-02.json").read_bytes())["users"]
     assert entry[3] == 1 and entry[6]["days"].get("2023-03-02", [0])[0] == 1 and "2023-03-01" not in entry[6]["days"]
     with psycopg.connect(dsn) as conn:                  # a later edit is still seen
         conn.execute("UPDATE users SET email = 'new@example.com' WHERE user_id = 2")
-    _nightly(home, dsn, "2023-03-11")
-    assert [row["email"] for row in _lines(home, "2023-03-02", "users")] == ["new@example.com"]
+    nightly(home, dsn, "2023-03-11")
+    assert [row["email"] for row in raw_lines(home, "2023-03-02", "users")] == ["new@example.com"]
 
 
 def test_the_export_records_the_parts_from_the_checks_first_day_and_an_old_record_gets_them(  # noqa: F811
         postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
-    with psycopg.connect(dsn) as conn:
-        _user(conn, 1, "2023-03-01 09:00", "one@example.com")
-        _user(conn, 2, "2023-03-10 09:00", "two@example.com")
-        _rank(conn, 1, "2023-03-01 12:00")
-        _rank(conn, 2, "2023-03-10 12:00", user=2)
-    _nightly(home, dsn, "2023-03-01")
+    dsn, home = two_accounts(postgres_server, tmp_path / "home", "2023-03-10")
+    nightly(home, dsn, "2023-03-01")
     first = json.loads((home.cache / CONTENT_RECORDS / "dt=2023-03-01.json").read_bytes())["users"][6]
     assert first == {"from": "2023-03-01", "before": [0, 0, 0], "days": {"2023-03-01": first["days"]["2023-03-01"]}}
-    _nightly(home, dsn, "2023-03-10")               # checks 03-01: its query reaches 03-10, the export's day
+    nightly(home, dsn, "2023-03-10")               # checks 03-01: its query reaches 03-10, the export's day
     record = json.loads((home.cache / CONTENT_RECORDS / "dt=2023-03-10.json").read_bytes())["users"]
     assert record[6]["from"] == "2023-03-01" and sorted(record[6]["days"]) == ["2023-03-01", "2023-03-10"]
     assert record[3] == 2 and record[6]["before"] == [0, 0, 0]
@@ -200,5 +190,5 @@ def test_the_export_records_the_parts_from_the_checks_first_day_and_an_old_recor
     path.write_text(json.dumps(old))
     assert raw_day_state(home, "2023-03-01")["users"].content is not None
     assert raw_day_state(home, "2023-03-01")["users"].parts is None
-    _nightly(home, dsn, "2023-03-11")
+    nightly(home, dsn, "2023-03-11")
     assert raw_day_state(home, "2023-03-01")["users"].parts is not None

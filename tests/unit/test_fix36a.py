@@ -17,9 +17,8 @@ import stat
 import struct
 from pathlib import Path
 
-import psycopg
 import pytest
-from test_fix35e import NIGHTLY, NOW, _app_db, _lines, _rank
+from appdb_fixtures import MARCH_FIRST, NIGHTLY, NOW, exported_app, move_rankings, raw_lines
 
 from formats.home import DataHome
 from pipelines.appdb import export as app_export
@@ -61,7 +60,7 @@ def _remembered(home: DataHome) -> dict:
 def _found(home: DataHome, moved_to: str) -> list[str]:
     """Where ranking 3 (moved from 2023-03-01 to ``moved_to``) can be found: the raw days holding it, a late
     marker of its new day, its entry in the remembered rows."""
-    where = [day for day in home.raw_days() if 3 in [row["ranking_id"] for row in _lines(home, day, "rankings")]]
+    where = [day for day in home.raw_days() if 3 in [row["ranking_id"] for row in raw_lines(home, day, "rankings")]]
     if moved_to in late_days(home):
         where.append("marked")
     if [3, moved_to] in _remembered(home).get("rankings", []):
@@ -81,27 +80,20 @@ _AFTER = ["_publish", "_write_snapshot_order", "record_written", "record_content
 ])
 def test_a_kill_at_any_point_of_the_end_leaves_the_moved_row_in_its_day_or_found_again(  # noqa: F811
         postgres_server, tmp_path, moved_to, days, points):  # noqa: F811
-    dsn, built = _app_db(postgres_server), DataHome.at(tmp_path / "built")
-    with psycopg.connect(dsn) as conn:
-        _rank(conn, 1, "2023-02-01 10:00")
-        _rank(conn, 2, "2023-03-01 10:00")
-        _rank(conn, 3, "2023-03-01 12:00")
-    for day in days:
-        export_day(built, dsn, day, NIGHTLY, now=NOW)
-    with psycopg.connect(dsn) as conn:
-        conn.execute("UPDATE rankings SET created_at = %s WHERE ranking_id = 3", (f"{moved_to} 08:00",))
+    dsn, built = exported_app(postgres_server, tmp_path / "built", {1: "2023-02-01 10:00", **MARCH_FIRST}, days)
+    move_rankings(dsn, f"{moved_to} 08:00", 3)
     for index, point in enumerate(points):
         home = DataHome.at(tmp_path / f"home{index}")
         shutil.copytree(built.root, home.root, symlinks=True)
         assert _killed_at(home, dsn, "2023-03-01", point) == -signal.SIGKILL, point
-        published = 3 not in [row["ranking_id"] for row in _lines(home, "2023-03-01", "rankings")]
+        published = 3 not in [row["ranking_id"] for row in raw_lines(home, "2023-03-01", "rankings")]
         where = _found(home, moved_to)
         # killed before the publish: still in its old day (and maybe found already); after: found again
         assert where and (published or "2023-03-01" in where), (point, where)
         if published:
             assert {"marked", "remembered"} & set(where), (point, where)
         export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)           # the crashed run rerun
-        assert 3 not in [row["ranking_id"] for row in _lines(home, "2023-03-01", "rankings")]
+        assert 3 not in [row["ranking_id"] for row in raw_lines(home, "2023-03-01", "rankings")]
         where = _found(home, moved_to)
         if moved_to in days:        # its day marked for the schedule
             assert where == ["marked"], (point, where)
@@ -117,13 +109,8 @@ def test_a_kill_at_any_point_of_the_end_leaves_the_moved_row_in_its_day_or_found
 def test_a_superseded_export_remembers_no_moved_row(postgres_server, tmp_path, monkeypatch):  # noqa: F811
     """The rows are remembered before the publish only by an export that publishes (a superseded one forgets no
     row: the day keeps the newer snapshot's files, which the next export compares)."""
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
-    with psycopg.connect(dsn) as conn:
-        _rank(conn, 2, "2023-03-01 10:00")
-        _rank(conn, 3, "2023-03-01 12:00")
-    export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
-    with psycopg.connect(dsn) as conn:
-        conn.execute("UPDATE rankings SET created_at = '2023-02-15 08:00' WHERE ranking_id = 3")
+    dsn, home = exported_app(postgres_server, tmp_path / "home", MARCH_FIRST)
+    move_rankings(dsn, "2023-02-15 08:00", 3)
     real = app_export.snapshot_order
 
     def newer(home_, day):          # another export of the day published a newer snapshot meanwhile
@@ -133,7 +120,7 @@ def test_a_superseded_export_remembers_no_moved_row(postgres_server, tmp_path, m
     monkeypatch.setattr(app_export, "snapshot_order", newer)
     report = export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
     assert report.published == "superseded"
-    assert [row["ranking_id"] for row in _lines(home, "2023-03-01", "rankings")] == [2, 3]
+    assert [row["ranking_id"] for row in raw_lines(home, "2023-03-01", "rankings")] == [2, 3]
     assert _remembered(home) == {}
     monkeypatch.setattr(app_export, "snapshot_order", real)
     export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
@@ -144,13 +131,8 @@ def test_a_failing_publish_leaves_the_row_in_its_day_and_remembered_and_named(  
         postgres_server, tmp_path, monkeypatch):  # noqa: F811
     """An export failing in its publish (an exception, not a kill) has remembered the row already: the row stays
     in its old day, each night names it until that day's re-export takes it out (then it is remembered still)."""
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
-    with psycopg.connect(dsn) as conn:
-        _rank(conn, 2, "2023-03-01 10:00")
-        _rank(conn, 3, "2023-03-01 12:00")
-    export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
-    with psycopg.connect(dsn) as conn:
-        conn.execute("UPDATE rankings SET created_at = '2023-02-15 08:00' WHERE ranking_id = 3")
+    dsn, home = exported_app(postgres_server, tmp_path / "home", MARCH_FIRST)
+    move_rankings(dsn, "2023-02-15 08:00", 3)
 
     def fail(*args, **kwargs):
         raise OSError(5, "Input/output error")

@@ -17,18 +17,15 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import gzip
-import os
 
 import psycopg
-from test_fix35e import NIGHTLY, NOW, _lines, _rank
+from appdb_fixtures import MARCH_FIRST, NIGHTLY, NOW, add_ranking, exported_app, move_rankings, raw_lines
 
 from formats.home import DataHome
 from pipelines.appdb import export as app_export
 from pipelines.appdb.export import AppExportReport, export_day, late_days, moved_days, raw_day_counts
 from pipelines.appdb.scheduled import CATCH_UP_DAYS, STRAY_DAY_ROWS, ScheduledDays, real_days
-from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
-
-_counter = iter(range(10**6))
+from tests.postgres_server import postgres_server  # noqa: F401 - fixture
 
 
 def _raw_day(home: DataHome, day: str, rankings: int = 0) -> None:
@@ -107,25 +104,16 @@ def test_every_gap_the_export_calls_scheduled_is_one_the_catch_up_exports(fast_t
                     assert (day in scheduled) == (day in missed), (name, first, day)
 
 
-def _app_db(server) -> str:
-    return create_app_database(server, f"fix36g_{os.getpid()}_{next(_counter)}")
-
-
 def test_a_marker_not_set_holds_the_day_back_and_the_next_export_publishes_it(postgres_server, fast_tmp,  # noqa: F811
                                                                              monkeypatch):
     """Defect 3's neighbour: the row moves to a raw day past the lookback (marked, not remembered); the marker
     cannot be written, so the old day is not published without the row; once it can, the day is published and
     the new day marked."""
-    dsn, home = _app_db(postgres_server), DataHome.at(fast_tmp / "home")
+    dsn, home = exported_app(postgres_server, fast_tmp / "home", {1: "2023-02-01 10:00", **MARCH_FIRST},
+                             ("2023-02-01", "2023-03-01"))
+    move_rankings(dsn, "2023-02-01 08:00", 3)
     with psycopg.connect(dsn) as conn:
-        _rank(conn, 1, "2023-02-01 10:00")
-        _rank(conn, 2, "2023-03-01 10:00")
-        _rank(conn, 3, "2023-03-01 12:00")
-    for day in ("2023-02-01", "2023-03-01"):
-        export_day(home, dsn, day, NIGHTLY, now=NOW)
-    with psycopg.connect(dsn) as conn:
-        conn.execute("UPDATE rankings SET created_at = '2023-02-01 08:00' WHERE ranking_id = 3")
-        _rank(conn, 4, "2023-03-01 13:00")          # a late row of the day: waits with the day
+        add_ranking(conn, 4, "2023-03-01 13:00")          # a late row of the day: waits with the day
     before = home.raw_file("2023-03-01", "rankings").read_bytes()
     real = app_export._write_cache_json
 
@@ -144,10 +132,10 @@ def test_a_marker_not_set_holds_the_day_back_and_the_next_export_publishes_it(po
     assert late_days(home) == []
     again = export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
     assert again.published == "updated"
-    assert [r["ranking_id"] for r in _lines(home, "2023-03-01", "rankings")] == [2, 4]
+    assert [r["ranking_id"] for r in raw_lines(home, "2023-03-01", "rankings")] == [2, 4]
     assert late_days(home) == ["2023-02-01"]
     export_day(home, dsn, "2023-02-01", NIGHTLY, now=NOW)
-    assert [r["ranking_id"] for r in _lines(home, "2023-02-01", "rankings")] == [1, 3]
+    assert [r["ranking_id"] for r in raw_lines(home, "2023-02-01", "rankings")] == [1, 3]
     assert late_days(home) == []
 
 
@@ -155,15 +143,9 @@ def test_a_row_moved_into_a_gap_after_the_real_history_is_still_marked_not_remem
                                                                                         fast_tmp):
     """The neighbour the fix must keep: no stray, a row moved into a day the raw zone lacks after its first day
     is marked (the catch-up exports it), not remembered."""
-    dsn, home = _app_db(postgres_server), DataHome.at(fast_tmp / "home")
-    with psycopg.connect(dsn) as conn:
-        _rank(conn, 1, "2023-02-01 10:00")
-        _rank(conn, 2, "2023-03-01 10:00")
-        _rank(conn, 3, "2023-03-01 12:00")
-    for day in ("2023-02-01", "2023-03-01"):
-        export_day(home, dsn, day, NIGHTLY, now=NOW)
-    with psycopg.connect(dsn) as conn:
-        conn.execute("UPDATE rankings SET created_at = '2023-02-15 08:00' WHERE ranking_id = 3")
+    dsn, home = exported_app(postgres_server, fast_tmp / "home", {1: "2023-02-01 10:00", **MARCH_FIRST},
+                             ("2023-02-01", "2023-03-01"))
+    move_rankings(dsn, "2023-02-15 08:00", 3)
     report = export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
     assert report.published == "updated"
     assert late_days(home) == ["2023-02-15"]

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 import psycopg
-from test_fix35e import NIGHTLY, NOW, _lines, _nightly, _rank, _warnings
+from appdb_fixtures import NIGHTLY, NOW, add_ranking, nightly, raw_lines, warnings_of
 
 from formats.home import DataHome
 from pipelines.appdb.export import UNDATED_STATE, export_day, late_days
@@ -49,19 +49,19 @@ def test_a_row_moved_before_the_first_raw_day_and_back_leaves_no_late_marker(pos
     dsn = create_app_database(postgres_server, f"fix36n_{os.getpid()}")
     home = DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
-        _rank(conn, 1, "2023-03-01 10:00")
-        _rank(conn, 2, "2023-03-01 12:00")
+        add_ranking(conn, 1, "2023-03-01 10:00")
+        add_ranking(conn, 2, "2023-03-01 12:00")
     export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
     with psycopg.connect(dsn) as conn:
         conn.execute("UPDATE rankings SET created_at = '2023-02-15 08:00' WHERE ranking_id = 2")
-    lines = _warnings(_nightly(home, dsn, "2023-03-10", schedule=True))
+    lines = warnings_of(nightly(home, dsn, "2023-03-10", schedule=True))
     # still named, with the build that exports its day, and remembered for the next nights
     assert any("2023-02-15" in line and "pickapic build --from-app-db --from 2023-02-15" in line for line in lines)
     assert (home.cache / UNDATED_STATE).is_file()
     assert late_days(home) == []        # no marker of a day no schedule exports
-    assert [row["ranking_id"] for row in _lines(home, "2023-03-01", "rankings")] == [1]
+    assert [row["ranking_id"] for row in raw_lines(home, "2023-03-01", "rankings")] == [1]
     with psycopg.connect(dsn) as conn:
         conn.execute("UPDATE rankings SET created_at = '2023-03-01 12:00' WHERE ranking_id = 2")
-    _nightly(home, dsn, "2023-03-11", schedule=True)
-    assert [row["ranking_id"] for row in _lines(home, "2023-03-01", "rankings")] == [1, 2]
+    nightly(home, dsn, "2023-03-11", schedule=True)
+    assert [row["ranking_id"] for row in raw_lines(home, "2023-03-01", "rankings")] == [1, 2]
     assert late_days(home) == [] and not (home.cache / UNDATED_STATE).exists()

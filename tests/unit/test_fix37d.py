@@ -17,7 +17,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from test_fix35e import NIGHTLY, NOW, _app_db, _lines, _rank
+from appdb_fixtures import MARCH_FIRST, NIGHTLY, NOW, add_rankings, app_db, exported_app, move_rankings
+from appdb_fixtures import raw_lines as _lines
 
 from formats.home import DataHome
 from pipelines.appdb import export as appexport
@@ -104,15 +105,12 @@ def test_remember_moved_warns_for_rows_left_out_and_keeps_each_day_named(tmp_pat
 def test_a_day_held_back_by_the_cap_publishes_once_the_days_are_exported(postgres_server, tmp_path):  # noqa: F811
     """The review's case, then the build the warning names: the moved days exported, the old day's re-export
     publishes, and every ranking is in exactly one raw day (none lost, none twice)."""
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
-        conn.execute("INSERT INTO rankings (ranking_id, created_at, user_id, image_0_uid, image_1_uid, best_image_uid,"
-                     " prompt) SELECT i, '2023-03-01 10:00', 1, 'u-a', 'u-b', 'u-a', 'a cat' "
-                     "FROM generate_series(1, 1001) AS i")
+        add_rankings(conn, 1, 1001, "2023-03-01 10:00")
     export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
-    with psycopg.connect(dsn) as conn:
-        conn.execute("UPDATE rankings SET created_at = '2023-02-15 08:00' WHERE ranking_id <= 1000")
-        conn.execute("UPDATE rankings SET created_at = '2023-02-10 08:00' WHERE ranking_id = 1001")
+    move_rankings(dsn, "2023-02-15 08:00", 1, 1000)
+    move_rankings(dsn, "2023-02-10 08:00", 1001)
     report = export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
     # fix38b: published, the rows past the cap waiting in MOVED_WAITING (it was held back)
     assert report.published == "updated", report.warnings
@@ -152,13 +150,8 @@ def test_moved_rows_remembers_a_row_moved_to_a_day_not_closed(tmp_path: Path) ->
 def test_a_row_moved_to_a_later_year_and_back_is_named(postgres_server, tmp_path):  # noqa: F811
     """The typo corrected to another wrong day (before the raw zone's first): the next night names it, as it
     names every row remembered, and the typo's year never marks a day."""
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
-    with psycopg.connect(dsn) as conn:
-        _rank(conn, 2, "2023-03-01 10:00")
-        _rank(conn, 3, "2023-03-01 12:00")
-    export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
-    with psycopg.connect(dsn) as conn:
-        conn.execute("UPDATE rankings SET created_at = '2030-06-01 08:00' WHERE ranking_id = 3")
+    dsn, home = exported_app(postgres_server, tmp_path / "home", MARCH_FIRST)
+    move_rankings(dsn, "2030-06-01 08:00", 3)
     export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
     quiet = export_day(home, dsn, "2023-03-02", NIGHTLY, now=NOW)
     assert not any("2030-06-01" in line for line in quiet.warnings), quiet.warnings   # named once, not each night

@@ -17,7 +17,8 @@ import tracemalloc
 from pathlib import Path
 
 import psycopg
-from test_fix35e import NIGHTLY, NOW, _app_db, _lines
+from appdb_fixtures import NIGHTLY, NOW, add_rankings, app_db
+from appdb_fixtures import raw_lines as _lines
 
 from formats.home import DataHome
 from pipelines.appdb import export as appexport
@@ -41,12 +42,6 @@ from tests.postgres_server import postgres_server  # noqa: F401 - fixture
 def _waiting(home: DataHome, day: str) -> dict:
     path = home.cache / MOVED_WAITING / f"dt={day}.json"
     return json.loads(path.read_bytes()) if path.exists() else {}
-
-
-def _rankings(conn, first: int, last: int, when: str) -> None:
-    conn.execute("INSERT INTO rankings (ranking_id, created_at, user_id, image_0_uid, image_1_uid, best_image_uid,"
-                 " prompt) SELECT i, %s::timestamptz, 1, 'u-a', 'u-b', 'u-a', 'a cat' FROM generate_series(%s::int, %s::int) AS i",
-                 (when, first, last))
 
 
 def test_remembered_never_trims_a_dated_row_and_gives_undated_ones_the_room_left() -> None:
@@ -101,9 +96,9 @@ def test_moved_rows_past_the_cap_to_a_day_not_closed_wait_bounded_with_100000_ro
 
 
 def test_waiting_rows_are_named_when_moved_back_and_forgotten_once_exported(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
-        _rankings(conn, 1, REMEMBER_UNDATED + 3, "2023-03-01 10:00")
+        add_rankings(conn, 1, REMEMBER_UNDATED + 3, "2023-03-01 10:00")
     export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
     with psycopg.connect(dsn) as conn:
         conn.execute("UPDATE rankings SET created_at = '2030-06-01 08:00'")

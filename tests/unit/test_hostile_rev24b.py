@@ -23,6 +23,7 @@ import time
 
 import psycopg
 import pytest
+from appdb_fixtures import app_db
 from psycopg.conninfo import conninfo_to_dict
 
 from formats.home import DataHome
@@ -33,13 +34,11 @@ from tests.postgres_server import (
     SUPERUSER,
     PostgresServer,
     _free_port_number,
-    create_app_database,
     postgres_server,  # noqa: F401 - fixture
     start_server,
 )
 
 DAY = "2023-02-13"
-_counter = iter(range(10**6))
 
 
 def _uid(i: int) -> str:
@@ -57,10 +56,6 @@ def _seed_day(conn: psycopg.Connection) -> None:
 
 def _lines(home: DataHome, day: str, table: str) -> list[dict]:
     return [json.loads(line) for line in gzip.decompress(home.raw_file(day, table).read_bytes()).splitlines()]
-
-
-def _app_db(server: PostgresServer) -> str:
-    return create_app_database(server, f"rev24b_{os.getpid()}_{next(_counter)}")
 
 
 # --- a read replica behind its primary -------------------------------------------------------------
@@ -101,7 +96,7 @@ def _wait_for(check, what: str) -> None:
 
 def test_a_read_replica_behind_its_primary_is_not_exported_as_a_closed_day(primary_and_standby, tmp_path):
     primary, standby = primary_and_standby
-    dsn = _app_db(primary)
+    dsn = app_db(primary)
     dbname = conninfo_to_dict(dsn)["dbname"]
     standby_dsn = standby.dsn(dbname, password="postgres")
     with psycopg.connect(dsn) as conn:
@@ -141,7 +136,7 @@ def test_a_read_replica_behind_its_primary_is_not_exported_as_a_closed_day(prima
 # --- a schema migration the app shipped --------------------------------------------------------------
 
 def test_a_text_column_migrated_to_an_enum_is_still_exported(postgres_server, tmp_path):
-    dsn = _app_db(postgres_server)
+    dsn = app_db(postgres_server)
     with psycopg.connect(dsn) as conn:
         _seed_day(conn)
     before = DataHome.at(tmp_path / "before")
@@ -172,7 +167,7 @@ def test_the_redaction_never_spells_out_the_password_inside_a_name(postgres_serv
 # --- a network that stops answering mid-export ----------------------------------------------------------
 
 def test_the_export_connection_notices_a_dead_peer_within_minutes(postgres_server, tmp_path, monkeypatch):
-    dsn = _app_db(postgres_server)
+    dsn = app_db(postgres_server)
     with psycopg.connect(dsn) as conn:
         _seed_day(conn)
     seen: list[dict] = []

@@ -22,6 +22,7 @@ import time
 
 import psycopg
 import pytest
+from appdb_fixtures import app_db
 from psycopg.conninfo import conninfo_to_dict
 
 from formats.home import DataHome
@@ -31,14 +32,12 @@ from tests.postgres_server import (
     SUPERUSER,
     PostgresServer,
     _free_port_number,
-    create_app_database,
     postgres_server,  # noqa: F401 - fixture
     start_server,
 )
 
 DAY = "2023-02-13"
 TABLES = ("users", "images", "rankings", "downloads")
-_counter = iter(range(10**6))
 
 
 def _uid(i: int) -> str:
@@ -58,10 +57,6 @@ def _seed_day(conn: psycopg.Connection, day: str = DAY) -> None:
 
 def _lines(home: DataHome, day: str, table: str) -> list[dict]:
     return [json.loads(line) for line in gzip.decompress(home.raw_file(day, table).read_bytes()).splitlines()]
-
-
-def _app_db(server: PostgresServer) -> str:
-    return create_app_database(server, f"rev24g_{os.getpid()}_{next(_counter)}")
 
 
 def _wait_for(check, what: str) -> None:
@@ -125,7 +120,7 @@ def test_a_password_cut_by_the_servers_name_limit_is_not_shown_in_part(postgres_
 # --- the hot-standby check -------------------------------------------------------------------------
 
 def test_a_caught_up_standby_of_a_quiet_primary_is_exported(primary, tmp_path):
-    dsn = _app_db(primary)
+    dsn = app_db(primary)
     with psycopg.connect(dsn) as conn:
         _seed_day(conn)
     from_primary = DataHome.at(tmp_path / "primary")
@@ -153,7 +148,7 @@ def _rank(conn: psycopg.Connection, ranking_id: int, day: str = DAY) -> None:
 
 
 def test_a_standby_that_stopped_receiving_never_replaces_a_day_exported_from_the_primary(primary, tmp_path):
-    dsn = _app_db(primary)
+    dsn = app_db(primary)
     with psycopg.connect(dsn) as conn:
         _seed_day(conn)
     with _standby_of(primary, "cut") as standby:
@@ -195,7 +190,7 @@ def logical_server():
 
 def test_a_stalled_logical_replica_never_replaces_a_day_exported_from_its_publisher(logical_server, tmp_path):
     server = logical_server
-    dsn, replica_dsn = _app_db(server), _app_db(server)
+    dsn, replica_dsn = app_db(server), app_db(server)
     publisher, subscriber = conninfo_to_dict(dsn)["dbname"], conninfo_to_dict(replica_dsn)["dbname"]
     with psycopg.connect(dsn, autocommit=True) as conn:
         _seed_day(conn)
@@ -219,7 +214,7 @@ def test_a_stalled_logical_replica_never_replaces_a_day_exported_from_its_publis
 
 
 def test_a_cascading_standby_of_a_stalled_standby_never_replaces_a_day_exported_from_the_primary(primary, tmp_path):
-    dsn = _app_db(primary)
+    dsn = app_db(primary)
     with psycopg.connect(dsn) as conn:
         _seed_day(conn)
     with _standby_of(primary, "upstream") as upstream, _standby_of(primary, "cascade", upstream) as cascade:

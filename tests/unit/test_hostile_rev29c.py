@@ -33,11 +33,11 @@ import datetime as dt
 import gc
 import gzip
 import json
-import os
 import time
 
 import dagster as dg
 import psycopg
+from appdb_fixtures import NIGHTLY, NOW, app_db
 from psycopg.conninfo import conninfo_to_dict
 
 from dagster_project import automation
@@ -45,17 +45,11 @@ from dagster_project.definitions import defs
 from dagster_project.resources import PickapicHome
 from formats.home import DataHome
 from pipelines.appdb.connection import AppDatabaseError
-from pipelines.appdb.export import AppExportConfig, export_day, late_days
+from pipelines.appdb.export import export_day, late_days
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
 from tests.unit.test_hostile_rev24g import logical_server  # noqa: F401 - fixture
 
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)      # every day below is long closed
-NIGHTLY = AppExportConfig(lag_minutes=60, lookback_days=2)
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"rev29c_{os.getpid()}_{next(_counter)}")
+# NOW (appdb_fixtures): every day below is long closed
 
 
 def _lines(home: DataHome, day: str, table: str) -> list[dict]:
@@ -75,7 +69,7 @@ def _tick(home: DataHome, folder, when: dt.datetime) -> list[str]:
 # --- 1. a deletion hides a late row from the late-row check ------------------------------------------
 
 def test_a_late_row_is_seen_though_a_row_of_its_day_was_deleted_since(postgres_server, tmp_path):  # noqa: F811
-    dsn = _app_db(postgres_server)
+    dsn = app_db(postgres_server)
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES ('2023-03-01 09:00', 1, 'deleted later')")
     lingering = psycopg.connect(dsn)               # an app session that begins on 03-01 and commits days later
@@ -107,7 +101,7 @@ def test_a_late_row_is_seen_though_a_row_of_its_day_was_deleted_since(postgres_s
 
 def test_an_undated_row_dated_as_the_warning_asks_is_exported_or_reported(postgres_server, tmp_path,  # noqa: F811
                                                                         monkeypatch):
-    dsn = _app_db(postgres_server)
+    dsn = app_db(postgres_server)
     with psycopg.connect(dsn) as conn:
         conn.execute("ALTER TABLE rankings ALTER COLUMN created_at DROP NOT NULL")
         for day in range(1, 31):
@@ -149,7 +143,7 @@ def _wait_for(conn: psycopg.Connection, query: str, value) -> None:
 def test_a_late_ranking_reaches_its_day_from_a_replica_after_an_account_was_deleted(logical_server,  # noqa: F811
                                                                                     tmp_path):
     day = "2023-03-01"
-    dsn, replica_dsn = _app_db(logical_server), _app_db(logical_server)
+    dsn, replica_dsn = app_db(logical_server), app_db(logical_server)
     publisher, subscriber = conninfo_to_dict(dsn)["dbname"], conninfo_to_dict(replica_dsn)["dbname"]
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO users VALUES (1, %s, 'a@example.com', 'a'), (2, %s, 'b@example.com', 'b')",

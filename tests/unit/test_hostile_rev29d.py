@@ -10,25 +10,17 @@ answering "a hot standby"), which is the path every replica and ``keep_exported_
 """
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import json
 import os
 
 import psycopg
+from appdb_fixtures import NIGHTLY, NOW, app_db
 
 from formats.home import DataHome
 from pipelines.appdb import export as export_module
 from pipelines.appdb.export import AppExportConfig, export_day, late_days
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
-
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-NIGHTLY = AppExportConfig(lag_minutes=60, lookback_days=2)
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"rev29d_{os.getpid()}_{next(_counter)}")
 
 
 def _lines(home: DataHome, day: str, table: str) -> list[dict]:
@@ -53,7 +45,7 @@ def _replica(monkeypatch) -> None:
 
 def test_a_day_another_exporter_wrote_is_not_doubled_by_a_replica_re_export(postgres_server, tmp_path,  # noqa: F811
                                                                             monkeypatch):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     day = "2023-03-01"
     with psycopg.connect(dsn) as conn:
         _rank(conn, day, "a", 1)
@@ -75,7 +67,7 @@ def test_a_day_another_exporter_wrote_is_not_doubled_by_a_replica_re_export(post
 # --- 2. a row moved to another day is kept in its old day too ------------------------------------------
 
 def test_a_row_moved_to_another_day_is_not_kept_in_its_old_day(postgres_server, tmp_path, monkeypatch):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, "2023-03-01", "a", 1)
         _rank(conn, "2023-03-01", "b", 2)
@@ -95,7 +87,7 @@ def test_a_row_moved_to_another_day_is_not_kept_in_its_old_day(postgres_server, 
 # --- 3. the id-by-id check calls a moved row a deletion and leaves it in its old day --------------------
 
 def test_a_row_moved_out_of_a_day_past_the_lookback_does_not_stay_in_it(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         for d in range(1, 6):
             _rank(conn, f"2023-03-{d:02d}", "on time", d)
@@ -114,7 +106,7 @@ def test_a_row_moved_out_of_a_day_past_the_lookback_does_not_stay_in_it(postgres
 # --- 4. a settings change is kept as rows 'not in the app' ---------------------------------------------
 
 def test_users_snapshot_off_is_not_undone_by_kept_rows(postgres_server, tmp_path, monkeypatch):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO users VALUES (1, '2023-03-01 01:00', 'a@example.com', 'a'), "
                      "(2, '2023-03-02 01:00', 'b@example.com', 'b')")

@@ -15,7 +15,6 @@ is played as ``tests/unit/test_fix29c.py`` plays it where needed.
 """
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import json
 import os
@@ -23,6 +22,7 @@ import tracemalloc
 
 import psycopg
 import pyarrow.parquet as pq
+from appdb_fixtures import NIGHTLY, NOW, app_db
 
 from dagster_project.build import select_app_db_days
 from formats.home import DataHome
@@ -30,14 +30,6 @@ from formats.settings import load
 from pipelines.appdb.export import AppExportConfig, export_day, late_days
 from pipelines.ingest.day import ingest_day
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
-
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-NIGHTLY = AppExportConfig(lag_minutes=60, lookback_days=2)
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"rev29h_{os.getpid()}_{next(_counter)}")
 
 
 def _raw(home: DataHome, day: str, table: str) -> bytes:
@@ -57,7 +49,7 @@ def _rank(conn, day: str, ranking_id: int, user_id: int = 1) -> None:
 
 def test_the_documented_erasure_removes_the_account_from_every_raw_day(postgres_server, tmp_path,  # noqa: F811
                                                                        monkeypatch):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO users VALUES (1, '2023-03-01 01:00', 'a@example.com', 'a'), "
                      "(2, '2023-03-02 01:00', 'erase-me@example.com', 'b')")
@@ -81,7 +73,7 @@ def test_the_documented_erasure_removes_the_account_from_every_raw_day(postgres_
 # --- 2. a row moved to a day before the check window leaves every raw day ---------------------------------------
 
 def test_a_row_moved_to_an_earlier_day_is_not_lost_from_the_raw_zone(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, "2023-03-01", 1)
         _rank(conn, "2023-03-02", 2)
@@ -100,7 +92,7 @@ def test_a_row_moved_to_an_earlier_day_is_not_lost_from_the_raw_zone(postgres_se
 # --- 3. a byte order mark makes a kept row an unreadable line the ingest quarantines ----------------------------
 
 def test_a_kept_row_behind_a_byte_order_mark_stays_a_row(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     day = "2023-03-01"
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO users VALUES (1, '2023-03-01 01:00', 'a@example.org', 'a'), "
@@ -123,7 +115,7 @@ def test_a_kept_row_behind_a_byte_order_mark_stays_a_row(postgres_server, tmp_pa
 # --- 4. the ids that left a day cost ~145 bytes each in memory ---------------------------------------------------
 
 def test_the_ids_that_left_a_day_are_held_compactly(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     accounts = 100_000
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO users SELECT g, timestamp '2023-02-01' + (g %% 20) * interval '1 day', "

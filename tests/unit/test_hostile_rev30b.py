@@ -26,7 +26,6 @@ and the strict-xfail markers removed.
 """
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import json
 import os
@@ -35,20 +34,13 @@ import shutil
 import psycopg
 import pyarrow.parquet as pq
 import pytest
+from appdb_fixtures import NIGHTLY, NOW, app_db
 
 from formats.home import DataHome
 from formats.settings import load
-from pipelines.appdb.export import AppExportConfig, export_day, late_days
+from pipelines.appdb.export import export_day, late_days
 from tests.conftest import copy_home
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
-
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-NIGHTLY = AppExportConfig(lag_minutes=60, lookback_days=2)
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"rev30b_{os.getpid()}_{next(_counter)}")
 
 
 def _raw_lines(home: DataHome, day: str, table: str) -> list[dict]:
@@ -200,7 +192,7 @@ def test_a_restore_that_reuses_ids_does_not_take_exported_rows_out_of_the_raw_zo
     exported = ["clicked before the restore 1", "clicked before the restore 2", "clicked before the restore 3"]
     homes = {}
     for case in ("deleted", "reused"):
-        dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / case)
+        dsn, home = app_db(postgres_server), DataHome.at(tmp_path / case)
         with psycopg.connect(dsn) as conn:
             for prompt in exported:
                 _rank(conn, "2023-03-01", prompt)
@@ -223,7 +215,7 @@ def test_a_restore_that_reuses_ids_does_not_take_exported_rows_out_of_the_raw_zo
 # --- an empty warning line --------------------------------------------------------------------------------------
 
 def test_an_export_reports_no_empty_warning(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, "2023-03-01", "on time")
     export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)

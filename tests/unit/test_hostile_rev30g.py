@@ -28,29 +28,20 @@ strict-xfail markers removed.
 """
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import json
-import os
 import shutil
 from pathlib import Path
 
 import psycopg
 import pyarrow.parquet as pq
 import pytest
+from appdb_fixtures import NIGHTLY, NOW, app_db
 
 from formats.home import DataHome
 from pipelines.appdb.export import AppExportConfig, export_day, late_days
 from tests.conftest import copy_home
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
-
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-NIGHTLY = AppExportConfig(lag_minutes=60, lookback_days=2)
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"rev30g_{os.getpid()}_{next(_counter)}")
 
 
 def _raw_bytes(home: DataHome, day: str, table: str) -> list[bytes]:
@@ -190,7 +181,7 @@ def test_a_prompt_whose_ranking_is_quarantined_keeps_its_split_across_versions(b
 # --- the identity of an app row --------------------------------------------------------------------------------------
 
 def test_a_row_moved_and_edited_leaves_its_old_day(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO rankings (created_at, user_id, image_0_uid, prompt) VALUES "
                      "('2023-03-01 23:30', 1, 'u-0', 'a cat[single_quote]s hat'), ('2023-03-01 12:00', 2, 'u-1', 'stays')")
@@ -207,7 +198,7 @@ def test_a_row_moved_and_edited_leaves_its_old_day(postgres_server, tmp_path):  
 
 
 def test_an_account_whose_email_changed_leaves_an_older_users_file(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO users VALUES (1, '2023-03-01 10:00', 'old@example.com', 'a'), "
                      "(2, '2023-03-02 10:00', 'b@example.com', 'b')")
@@ -221,7 +212,7 @@ def test_an_account_whose_email_changed_leaves_an_older_users_file(postgres_serv
 
 
 def test_no_warning_names_a_day_zero_rows_moved_to(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO rankings (created_at, user_id, image_0_uid, prompt) VALUES "
                      "('2023-03-05 12:00', 1, 'u-0', 'clicked before the restore'), ('2023-03-05 13:00', 1, 'u-1', 'kept')")

@@ -45,13 +45,12 @@ too (a sidecar column that is not text: nothing removed, a note).
 """
 from __future__ import annotations
 
-import datetime as dt
-import os
 import shutil
 from pathlib import Path
 
 import psycopg
 import pyarrow.parquet as pq
+from appdb_fixtures import NOW, app_db
 
 from formats.home import DataHome
 from pipelines.features import trainjpegs
@@ -60,10 +59,6 @@ from tests.conftest import copy_home
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
 from tests.unit.test_fix30b import SHA, _jpeg_key
 from tests.unit.test_hostile_rev30i import _home_with_jpeg
-
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-
 
 # --- 1. a size folder two homes share on another disk ------------------------------------------------------------
 
@@ -86,9 +81,6 @@ def test_a_size_folder_two_homes_link_to_one_disk_keeps_the_other_homes_jpegs(tm
 
 # --- 2. the erasure and a raw day retention pruned ----------------------------------------------------------------
 
-def _app_db(server) -> str:
-    return create_app_database(server, f"rev31a_{os.getpid()}_{next(_counter)}")
-
 
 def _user_and_ranking(conn, user_id: int, day: str, ranking_id: int, prompt: str) -> None:
     conn.execute("INSERT INTO users (user_id, created_at, email, name) VALUES (%s, %s, %s, %s)",
@@ -104,7 +96,7 @@ def test_the_erasure_build_names_a_pruned_day_holding_only_the_erased_account(po
     from pipelines.appdb.export import export_day
     from pipelines.ingest.day import ingest_day
 
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _user_and_ranking(conn, 1, "2023-03-01", 1, "the erased account's prompt")
         _user_and_ranking(conn, 2, "2023-03-02", 2, "another account's prompt")

@@ -37,24 +37,15 @@ a ticket and publishes only a snapshot at least as new as the one the day holds 
 """
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import json
-import os
 
 import psycopg
+from appdb_fixtures import NIGHTLY, NOW, app_db
 
 from formats.home import DataHome
-from pipelines.appdb.export import AppExportConfig, export_day, late_days
+from pipelines.appdb.export import export_day, late_days
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
-
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-NIGHTLY = AppExportConfig(lag_minutes=60, lookback_days=2)
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"rev31e_{os.getpid()}_{next(_counter)}")
 
 
 def _ids(home: DataHome, day: str) -> list:
@@ -79,7 +70,7 @@ def _nights(home: DataHome, dsn: str, nights: tuple[str, ...]) -> None:
 # --- 1. a row moved to an older day whose identity changed with it is in no raw day ---------------------------------
 
 def test_a_row_moved_to_an_older_day_and_reassigned_reaches_its_day(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, "2023-03-01", 1)
         _rank(conn, "2023-03-02", 2, user_id=9)        # a guest's click, from an offline client with a fast clock
@@ -99,7 +90,7 @@ def test_a_row_moved_to_an_older_day_and_reassigned_reaches_its_day(postgres_ser
 # --- 2. two exports of one day overlapping: the older snapshot is published last ------------------------------------
 
 def test_an_older_snapshot_never_replaces_a_day_a_newer_export_published(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, "2023-03-01", 1)
     export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)

@@ -44,24 +44,15 @@ and the checked days found whole are cleared only once the export published (a s
 """
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import json
-import os
 
 import psycopg
+from appdb_fixtures import NIGHTLY, NOW, app_db
 
 from formats.home import DataHome
-from pipelines.appdb.export import AppExportConfig, export_day, late_days
+from pipelines.appdb.export import export_day, late_days
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
-
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-NIGHTLY = AppExportConfig(lag_minutes=60, lookback_days=2)
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"rev31h_{os.getpid()}_{next(_counter)}")
 
 
 def _ids(home: DataHome, day: str) -> list:
@@ -86,7 +77,7 @@ def _next_night(home: DataHome, dsn: str, night: str) -> None:
 
 def test_an_older_snapshot_never_clears_the_marker_of_a_row_moved_into_its_day(postgres_server,  # noqa: F811
                                                                              tmp_path):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     old_day, new_day = "2023-03-01", "2023-03-20"       # 03-01 is past 03-20's late-row check (03-04 .. 03-17)
     with psycopg.connect(dsn) as conn:
         _rank(conn, old_day, 1)
@@ -121,7 +112,7 @@ def test_an_older_snapshot_never_clears_the_marker_of_a_row_moved_into_its_day(p
 # --- 2. a superseded export clears a checked day's marker (README: it "clears no marker") ----------------------------
 
 def test_a_superseded_export_clears_no_marker_of_a_checked_day(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     checked, day = "2023-03-04", "2023-03-20"           # 03-20's late-row check: 03-04 .. 03-17, 03-04 the oldest
     with psycopg.connect(dsn) as conn:
         _rank(conn, checked, 1)

@@ -44,20 +44,18 @@ draw_ticket's warning).
 """
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import json
-import os
 import uuid
 
 import psycopg
 import pytest
+from appdb_fixtures import NIGHTLY, NOW, app_db
 
 from formats.home import DataHome
 from pipelines.appdb.export import (
     SNAPSHOT_ORDER,
     TICKET_CLOCK,
-    AppExportConfig,
     CacheOfAnotherHome,
     draw_ticket,
     export_day,
@@ -65,14 +63,6 @@ from pipelines.appdb.export import (
     tickets_lock,
 )
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
-
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-NIGHTLY = AppExportConfig(lag_minutes=60, lookback_days=2)
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"rev32c_{os.getpid()}_{next(_counter)}")
 
 
 def _ids(home: DataHome, day: str) -> list:
@@ -111,7 +101,7 @@ def test_a_home_sharing_the_cache_never_clears_the_other_homes_late_marker(postg
     """Fix32c: the copy's exports refuse the cache prod's exports own (CacheOfAnotherHome, naming both homes), so
     the copy's export of 03-02 and its schedule's re-export fail (the test asserted before that they ran, and that
     the copy's re-export brought ranking 2: the behaviour whose side effect cleared prod's marker)."""
-    dsn = _app_db(postgres_server)
+    dsn = app_db(postgres_server)
     prod, copy = _two_homes(tmp_path)
     checked = "2023-03-02"          # the oldest day 03-18's late-row check reaches (03-02 .. 03-15)
     with psycopg.connect(dsn) as conn:
@@ -139,7 +129,7 @@ def test_a_home_sharing_the_cache_never_clears_the_other_homes_late_marker(postg
 def test_an_export_is_never_superseded_by_an_export_into_another_home(postgres_server, tmp_path):  # noqa: F811
     """Fix32c: the copy's export refuses the cache prod's exports own (the test expected it to publish the copy's
     day, "new day"): it publishes nothing and cannot supersede prod's export."""
-    dsn = _app_db(postgres_server)
+    dsn = app_db(postgres_server)
     prod, copy = _two_homes(tmp_path)
     day = "2023-03-01"
     with psycopg.connect(dsn) as conn:
@@ -167,7 +157,7 @@ def test_an_export_is_never_superseded_by_an_export_into_another_home(postgres_s
 
 def test_a_superseded_export_copies_no_blob_of_the_snapshot_it_did_not_publish(postgres_server,  # noqa: F811
                                                                                 tmp_path):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     store = tmp_path / "store"
     store.mkdir()
     day, uid = "2023-03-01", str(uuid.UUID(int=5))

@@ -34,27 +34,18 @@ a row moved before the raw zone's first day is remembered with the undated rows 
 """
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import json
-import os
 
 import psycopg
 import pytest
+from appdb_fixtures import NIGHTLY, NOW, app_db
 
 from formats.home import DataHome
 from pipelines.appdb import export as export_module
 from pipelines.appdb.connection import AppDatabaseError
-from pipelines.appdb.export import AppExportConfig, export_day, late_days
+from pipelines.appdb.export import export_day, late_days
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
-
-_counter = iter(range(10**6))
-NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
-NIGHTLY = AppExportConfig(lag_minutes=60, lookback_days=2)
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"rev35a_{os.getpid()}_{next(_counter)}")
 
 
 def _lines(home: DataHome, day: str, table: str) -> list[dict]:
@@ -92,7 +83,7 @@ def _rankings(home: DataHome, day: str) -> list[tuple[int, int]]:
 
 def test_a_connection_dropped_in_the_late_row_check_does_not_lose_a_moved_row(postgres_server, tmp_path,  # noqa: F811
                                                                               monkeypatch):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, 1, "2023-02-01 12:00", 1)
         _rank(conn, 2, "2023-03-01 12:00", 1)
@@ -132,7 +123,7 @@ def test_a_connection_dropped_in_the_late_row_check_does_not_lose_a_moved_row(po
 # holds the old one.
 
 def test_a_ranking_whose_choice_changed_after_the_lookback_reaches_its_raw_day(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, 1, "2023-03-01 12:00", 1, best="u-a")
         _rank(conn, 2, "2023-03-02 12:00", 1, best="u-a")
@@ -156,7 +147,7 @@ def test_a_ranking_whose_choice_changed_after_the_lookback_reaches_its_raw_day(p
 
 def test_a_row_moved_before_the_first_raw_day_stays_reported_until_a_raw_day_holds_it(postgres_server,  # noqa: F811
                                                                                       tmp_path):
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, 1, "2023-03-01 10:00", 1)
         _rank(conn, 2, "2023-03-01 12:00", 1)

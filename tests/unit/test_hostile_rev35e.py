@@ -63,9 +63,8 @@ import stat
 from pathlib import Path
 
 import psycopg
-from test_fix35e import _app_db, _lines, _nightly, _rank, _user, _warnings
+from appdb_fixtures import nightly, raw_lines, two_accounts, warnings_of
 
-from formats.home import DataHome
 from pipelines.appdb.export import late_days
 from simulator import export
 from tests.postgres_server import postgres_server  # noqa: F401 - fixture
@@ -83,22 +82,17 @@ def test_an_erasure_on_another_day_does_not_hide_an_email_edit_from_the_users_sn
     (created 2023-03-02) has its email corrected; the 2023-03-02 snapshot keeps the old email, no warning names it,
     and the next nights record the edited values as the baseline (the edit is never seen again). Without the erasure
     the same edit is re-exported (test_fix35e's first test)."""
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
-    with psycopg.connect(dsn) as conn:
-        _user(conn, 1, "2023-03-01 09:00", "one@example.com")
-        _user(conn, 2, "2023-03-02 09:00", "old@example.com")
-        _rank(conn, 1, "2023-03-01 12:00")
-        _rank(conn, 2, "2023-03-02 12:00", user=2)
+    dsn, home = two_accounts(postgres_server, tmp_path / "home", second_email="old@example.com")
     for night in ("2023-03-01", "2023-03-02"):
-        _nightly(home, dsn, night)
+        nightly(home, dsn, night)
     with psycopg.connect(dsn) as conn:
         conn.execute("DELETE FROM rankings WHERE user_id = 1")
         conn.execute("DELETE FROM users WHERE user_id = 1")          # an erased account, created the day before
         conn.execute("UPDATE users SET email = 'new@example.com' WHERE user_id = 2")
-    lines = _warnings(_nightly(home, dsn, "2023-03-10")) + _warnings(_nightly(home, dsn, "2023-03-11"))
+    lines = warnings_of(nightly(home, dsn, "2023-03-10")) + warnings_of(nightly(home, dsn, "2023-03-11"))
     assert late_days(home) == []
     # the edit reaches the snapshot (re-exported) or at the least is named
-    assert "new@example.com" in [row["email"] for row in _lines(home, "2023-03-02", "users")] \
+    assert "new@example.com" in [row["email"] for row in raw_lines(home, "2023-03-02", "users")] \
         or any(line.startswith("app rows edited since") and "2023-03-02" in line for line in lines), lines
 
 

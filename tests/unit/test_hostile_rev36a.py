@@ -54,9 +54,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import psycopg
 import pytest
-from test_fix35e import NIGHTLY, NOW, _app_db, _lines, _nightly, _rank, _warnings
+from appdb_fixtures import MARCH_FIRST, NIGHTLY, NOW, exported_app, move_rankings, nightly, raw_lines, warnings_of
 
 from formats.home import DataHome
 from pipelines.appdb.export import export_day, late_days
@@ -67,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _export_killed_at(home: DataHome, dsn: str, day: str, point: str) -> int:
-    """``export_day`` (the nightly config of ``test_fix35e``) in a child process that SIGKILLs itself on its first
+    """``export_day`` (the nightly config of ``appdb_fixtures``) in a child process that SIGKILLs itself on its first
     call of ``pipelines.appdb.export.<point>``: a kill (OOM killer, a run terminated, the host going down) at a point
     after the day's files are published. Returns the child's exit status."""
     code = textwrap.dedent(f"""
@@ -104,23 +103,16 @@ def test_a_kill_after_the_publish_loses_a_row_moved_off_the_day_for_good(  # noq
 
     fix36a: the assertion that the killed export had published 03-01 without the row pinned the defect's order (the
     record after the publish), not the correct behaviour; it takes either state now (see there)."""
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
-    with psycopg.connect(dsn) as conn:
-        _rank(conn, 1, "2023-02-01 10:00")
-        _rank(conn, 2, "2023-03-01 10:00")
-        _rank(conn, 3, "2023-03-01 12:00")
-    for day in days:
-        export_day(home, dsn, day, NIGHTLY, now=NOW)
-    with psycopg.connect(dsn) as conn:
-        conn.execute("UPDATE rankings SET created_at = %s WHERE ranking_id = 3", (moved_to,))
+    dsn, home = exported_app(postgres_server, tmp_path / "home", {1: "2023-02-01 10:00", **MARCH_FIRST}, days)
+    move_rankings(dsn, moved_to, 3)
     assert _export_killed_at(home, dsn, "2023-03-01", kill_at) == -9
     # published without it (before fix36a); since fix36a the record comes before the publish, so the kill at it
     # leaves the day unpublished, the row still in it (test_fix36a kills at every point after the publish too)
-    assert [row["ranking_id"] for row in _lines(home, "2023-03-01", "rankings")] in ([2], [2, 3])
+    assert [row["ranking_id"] for row in raw_lines(home, "2023-03-01", "rankings")] in ([2], [2, 3])
     export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)          # the crashed run rerun
     for night in ("2023-03-20", "2023-03-21"):                       # as the schedule runs
-        lines = _warnings(_nightly(home, dsn, night, schedule=True))
-    held = sorted(row["ranking_id"] for day in home.raw_days() for row in _lines(home, day, "rankings"))
+        lines = warnings_of(nightly(home, dsn, night, schedule=True))
+    held = sorted(row["ranking_id"] for day in home.raw_days() for row in raw_lines(home, day, "rankings"))
     # the row reaches a raw day, or at the least every night names its day with the build that exports it
     assert 3 in held or any(moved_to[:10] in line for line in lines), (held, lines, late_days(home))
 

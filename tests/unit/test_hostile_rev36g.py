@@ -45,21 +45,14 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import os
 
 import psycopg
-from test_fix35e import NIGHTLY, NOW, _lines, _rank, _warnings
+from appdb_fixtures import MARCH_FIRST, NIGHTLY, NOW, exported_app, move_rankings, raw_lines, warnings_of
 
 from formats.home import DataHome
 from pipelines.appdb import export as app_export
 from pipelines.appdb.export import UNDATED_STATE, export_day, late_days
-from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
-
-_counter = iter(range(10**6))
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"rev36g_{os.getpid()}_{next(_counter)}")
+from tests.postgres_server import postgres_server  # noqa: F401 - fixture
 
 
 def _schedule_night(home: DataHome, dsn: str, night: str) -> list:
@@ -77,19 +70,14 @@ def _schedule_night(home: DataHome, dsn: str, night: str) -> list:
 
 
 def _held_in(home: DataHome, ranking_id: int) -> list[str]:
-    return [d for d in home.raw_days() if ranking_id in [r["ranking_id"] for r in _lines(home, d, "rankings")]]
+    return [d for d in home.raw_days() if ranking_id in [r["ranking_id"] for r in raw_lines(home, d, "rankings")]]
 
 
 def _stray_home(postgres_server, tmp_path) -> tuple[str, DataHome]:
     """A raw zone whose first day is a stray (one row of a wrong clock, 2022-06-01, exported as a day of its own:
     ``automation._stray_day``) before the app's real history (2023-03-01: rankings 2 and 3)."""
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
-    with psycopg.connect(dsn) as conn:
-        _rank(conn, 1, "2022-06-01 10:00")
-        _rank(conn, 2, "2023-03-01 10:00")
-        _rank(conn, 3, "2023-03-01 12:00")
-    for day in ("2022-06-01", "2023-03-01"):
-        export_day(home, dsn, day, NIGHTLY, now=NOW)
+    dsn, home = exported_app(postgres_server, tmp_path / "home", {1: "2022-06-01 10:00", **MARCH_FIRST},
+                             ("2022-06-01", "2023-03-01"))
     return dsn, home
 
 
@@ -97,9 +85,9 @@ def test_a_row_moved_between_a_stray_first_day_and_the_history_is_found_again(po
     dsn, home = _stray_home(postgres_server, tmp_path)
     with psycopg.connect(dsn) as conn:
         conn.execute("UPDATE rankings SET created_at = '2023-02-15 08:00' WHERE ranking_id = 3")
-    nights = {night: _warnings(_schedule_night(home, dsn, night))
+    nights = {night: warnings_of(_schedule_night(home, dsn, night))
               for night in ("2023-03-03", "2023-03-04", "2023-03-05")}
-    assert _held_in(home, 2) == ["2023-03-01"] and 3 not in [r["ranking_id"] for r in _lines(home, "2023-03-01",
+    assert _held_in(home, 2) == ["2023-03-01"] and 3 not in [r["ranking_id"] for r in raw_lines(home, "2023-03-01",
                                                                                               "rankings")]
     # correct: the row reaches 2023-02-15 by the schedule, or (as for a day before the raw zone's first: review
     # rev35a) it is remembered and named every night until its day is exported; today it is named on the first
@@ -125,13 +113,8 @@ def test_a_row_moved_past_a_stray_day_and_back_leaves_no_marker_for_good(postgre
 
 
 def test_a_row_not_remembered_before_the_publish_is_not_lost(postgres_server, tmp_path, monkeypatch):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
-    with psycopg.connect(dsn) as conn:
-        _rank(conn, 2, "2023-03-01 10:00")
-        _rank(conn, 3, "2023-03-01 12:00")
-    export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
-    with psycopg.connect(dsn) as conn:
-        conn.execute("UPDATE rankings SET created_at = '2023-02-15 08:00' WHERE ranking_id = 3")
+    dsn, home = exported_app(postgres_server, tmp_path / "home", MARCH_FIRST)
+    move_rankings(dsn, "2023-02-15 08:00", 3)
     real = app_export._write_cache_json
 
     def full(home_, path, record):      # the cache's disk full for the undated rows' state, for one export
@@ -140,10 +123,10 @@ def test_a_row_not_remembered_before_the_publish_is_not_lost(postgres_server, tm
         return real(home_, path, record)
 
     monkeypatch.setattr(app_export, "_write_cache_json", full)
-    first = _warnings(_schedule_night(home, dsn, "2023-03-03"))
+    first = warnings_of(_schedule_night(home, dsn, "2023-03-03"))
     monkeypatch.undo()
     assert any("could not be remembered" in line for line in first)
-    later = {night: _warnings(_schedule_night(home, dsn, night)) for night in ("2023-03-04", "2023-03-05")}
+    later = {night: warnings_of(_schedule_night(home, dsn, night)) for night in ("2023-03-04", "2023-03-05")}
     # correct: still in its old day (the day published without it only once it is remembered), or named each
     # night; today it left 2023-03-01 on the first night and no later night names it
     assert _held_in(home, 3) == ["2023-03-01"] or all(

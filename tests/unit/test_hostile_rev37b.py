@@ -43,11 +43,10 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import gzip
-import os
 
 import dagster as dg
 import psycopg
-from test_fix35e import NIGHTLY, NOW, _lines, _rank
+from appdb_fixtures import MARCH_FIRST, NIGHTLY, NOW, exported_app, raw_lines
 
 from formats.home import DataHome
 from pipelines.appdb.export import (
@@ -60,13 +59,7 @@ from pipelines.appdb.export import (
     raw_day_counts,
 )
 from pipelines.appdb.scheduled import CATCH_UP_DAYS, CATCH_UP_HORIZON_DAYS, ScheduledDays
-from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
-
-_counter = iter(range(10**6))
-
-
-def _app_db(server) -> str:
-    return create_app_database(server, f"rev37b_{os.getpid()}_{next(_counter)}")
+from tests.postgres_server import postgres_server  # noqa: F401 - fixture
 
 
 def _empty_day(home: DataHome, day: str) -> None:
@@ -97,21 +90,16 @@ def test_a_row_moved_into_a_gap_past_the_horizon_is_not_lost(postgres_server, fa
     exports 2021-06-01. The row is in no raw day, the marker stays for good, and no later night names it."""
     from dagster_project.automation import missing_days
 
-    dsn, home = _app_db(postgres_server), DataHome.at(fast_tmp / "home")
-    with psycopg.connect(dsn) as conn:
-        _rank(conn, 1, "2021-01-01 10:00")
-        _rank(conn, 4, "2021-01-02 10:00")
-        _rank(conn, 2, "2023-03-01 10:00")
-        _rank(conn, 3, "2023-03-01 12:00")
-    for day in ("2021-01-01", "2021-01-02", "2023-03-01"):
-        export_day(home, dsn, day, NIGHTLY, now=NOW)
+    dsn, home = exported_app(postgres_server, fast_tmp / "home",
+                             {1: "2021-01-01 10:00", 4: "2021-01-02 10:00", **MARCH_FIRST},
+                             ("2021-01-01", "2021-01-02", "2023-03-01"))
     for day in _days("2022-02-01", "2023-02-28"):      # the nightly's quiet days since 2022
         _empty_day(home, day)
     with psycopg.connect(dsn) as conn:
         conn.execute("UPDATE rankings SET created_at = '2021-06-01 08:00' WHERE ranking_id = 3")
     first = export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)       # the night of 2023-03-03's window
     assert first.published == "updated"
-    assert 3 not in [r["ranking_id"] for r in _lines(home, "2023-03-01", "rankings")]
+    assert 3 not in [r["ranking_id"] for r in raw_lines(home, "2023-03-01", "rankings")]
     # no night from now on exports 2021-06-01: not a raw day (the late list), and past the catch-up's horizon
     for night in ("2023-03-03", "2023-06-01", "2024-03-01"):
         assert "2021-06-01" not in missing_days(home, _window_first(night))
@@ -122,7 +110,8 @@ def test_a_row_moved_into_a_gap_past_the_horizon_is_not_lost(postgres_server, fa
     # marked for good, HOME/cache/app_export_undated.json is absent and the next night names nothing
     facts = {"marked": "2021-06-01" in late_days(home), "remembered": (home.cache / UNDATED_STATE).is_file(),
              "named": any("2021-06-01" in line for line in later.warnings),
-             "held": [day for day in home.raw_days() if 3 in [r["ranking_id"] for r in _lines(home, day, "rankings")]]}
+             "held": [day for day in home.raw_days()
+                      if 3 in [r["ranking_id"] for r in raw_lines(home, day, "rankings")]]}
     assert facts == {"marked": False, "remembered": True, "named": True, "held": []}, (facts, first.warnings)
 
 

@@ -54,17 +54,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from test_fix35e import NIGHTLY, NOW, _app_db, _lines, _rank
+from appdb_fixtures import MARCH_FIRST, NIGHTLY, NOW, add_ranking, add_rankings, app_db, exported_app, move_rankings
+from appdb_fixtures import raw_ids as _raw_ids
 
 from formats.home import DataHome
 from pipelines.appdb.export import UNDATED_STATE, export_day, late_days
 from tests.postgres_server import postgres_server  # noqa: F401 - fixture
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _raw_ids(home: DataHome, table: str = "rankings") -> set[int]:
-    return {row["ranking_id"] for day in home.raw_days() for row in _lines(home, day, table)}
 
 
 def test_a_moved_row_past_the_remembered_cap_is_kept_or_named_again(postgres_server, tmp_path):  # noqa: F811
@@ -75,16 +72,13 @@ def test_a_moved_row_past_the_remembered_cap_is_kept_or_named_again(postgres_ser
     and every later night names only 2023-02-15, whose export (the build the warning gives) does not bring id 1001.
     Correct: the row stays in its raw day (held back), or is remembered / named every night until its day is
     exported, as README 1a promises for a row moved before the raw zone's first day."""
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
-        conn.execute("INSERT INTO rankings (ranking_id, created_at, user_id, image_0_uid, image_1_uid, best_image_uid,"
-                     " prompt) SELECT i, '2023-03-01 10:00', 1, 'u-a', 'u-b', 'u-a', 'a cat' "
-                     "FROM generate_series(1, 1001) AS i")
-        _rank(conn, 2000, "2023-03-01 12:00")
+        add_rankings(conn, 1, 1001, "2023-03-01 10:00")
+        add_ranking(conn, 2000, "2023-03-01 12:00")
     export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
-    with psycopg.connect(dsn) as conn:
-        conn.execute("UPDATE rankings SET created_at = '2023-02-15 08:00' WHERE ranking_id <= 1000")
-        conn.execute("UPDATE rankings SET created_at = '2023-02-10 08:00' WHERE ranking_id = 1001")
+    move_rankings(dsn, "2023-02-15 08:00", 1, 1000)
+    move_rankings(dsn, "2023-02-10 08:00", 1001)
     export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
     remembered = json.loads((home.cache / UNDATED_STATE).read_bytes()).get("rankings", [])
     kept = 1001 in _raw_ids(home) or [1001, "2023-02-10"] in remembered
@@ -105,13 +99,8 @@ def test_a_row_moved_past_the_exportable_days_is_named(postgres_server, tmp_path
     Fix37d: the review asserted ``HOME/cache/UNDATED_STATE`` absent after the re-export, the defect's state
     rather than the correct behaviour: the fix remembers the row there with its day (its brief: named and
     remembered), so that assertion now states that the row is remembered."""
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
-    with psycopg.connect(dsn) as conn:
-        _rank(conn, 2, "2023-03-01 10:00")
-        _rank(conn, 3, "2023-03-01 12:00")
-    export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
-    with psycopg.connect(dsn) as conn:
-        conn.execute("UPDATE rankings SET created_at = '2030-06-01 08:00' WHERE ranking_id = 3")
+    dsn, home = exported_app(postgres_server, tmp_path / "home", MARCH_FIRST)
+    move_rankings(dsn, "2030-06-01 08:00", 3)
     report = export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
     assert report.published == "updated" and _raw_ids(home) == {2}      # the row left the raw zone
     assert late_days(home) == []         # no marker: no export can export that day before it closes

@@ -37,7 +37,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from test_fix35e import NIGHTLY, NOW, _app_db, _lines, _rank
+from appdb_fixtures import NIGHTLY, NOW, add_ranking, add_rankings, app_db
+from appdb_fixtures import raw_ids as _raw_ids
+from appdb_fixtures import raw_lines as _lines
 
 from formats.home import DataHome
 from pipelines.appdb.export import UNDATED_STATE, ExportTooEarly, export_day
@@ -45,26 +47,16 @@ from simulator import export as simexport
 from tests.postgres_server import postgres_server  # noqa: F401 - fixture
 
 
-def _rankings(conn, first: int, last: int, when: str) -> None:
-    conn.execute("INSERT INTO rankings (ranking_id, created_at, user_id, image_0_uid, image_1_uid, best_image_uid,"
-                 " prompt) SELECT i, %s::timestamptz, 1, 'u-a', 'u-b', 'u-a', 'a cat' FROM generate_series(%s::int, %s::int) AS i",
-                 (when, first, last))
-
-
 def _remembered_ids(home: DataHome, table: str) -> set[int]:
     path = home.cache / UNDATED_STATE
     return {key for key, _ in json.loads(path.read_bytes()).get(table, [])} if path.exists() else set()
 
 
-def _raw_ids(home: DataHome) -> set[int]:
-    return {row["ranking_id"] for day in home.raw_days() for row in _lines(home, day, "rankings")}
-
-
 def test_a_row_remembered_before_is_not_trimmed_out_of_every_raw_day(postgres_server, tmp_path):  # noqa: F811
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
-        _rankings(conn, 1, 1000, "2023-03-01 10:00")
-        _rank(conn, 2000, "2023-03-02 10:00")
+        add_rankings(conn, 1, 1000, "2023-03-01 10:00")
+        add_ranking(conn, 2000, "2023-03-02 10:00")
     export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
     export_day(home, dsn, "2023-03-02", NIGHTLY, now=NOW)
     with psycopg.connect(dsn) as conn:        # a created_at typo into a later year: 1,000 rows, just fits
@@ -92,13 +84,13 @@ def test_a_row_remembered_before_is_not_trimmed_out_of_every_raw_day(postgres_se
 def test_rows_past_the_cap_moved_to_a_later_year_do_not_hold_the_day_back_for_years(postgres_server, tmp_path):  # noqa: F811
     import datetime as dt
 
-    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    dsn, home = app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
-        _rankings(conn, 1, 1001, "2023-03-01 10:00")
+        add_rankings(conn, 1, 1001, "2023-03-01 10:00")
     export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
     with psycopg.connect(dsn) as conn:
         conn.execute("UPDATE rankings SET created_at = '2030-06-01 08:00'")
-        _rank(conn, 5000, "2023-03-01 18:00")        # a late row of the day, to be published
+        add_ranking(conn, 5000, "2023-03-01 18:00")        # a late row of the day, to be published
     night = export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
     named = [match.groups() for line in night.warnings for match in re.finditer(r"--from (\S+) --to (\S+)", line)]
     for first, last in named:                 # what the warnings tell the operator to run can run
