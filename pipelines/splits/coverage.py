@@ -98,11 +98,7 @@ def write_published_source(home: DataHome, version_dir: Path, split_pairs_sha256
 def _read_record(path: Path) -> dict | None:
     """The publish record, or None where there is none this tool could have written: not a regular file (a link
     is not followed, a FIFO never waited on), too large, not JSON of the three fields."""
-    data = read_small_file(path, RECORD_MAX_BYTES)
-    try:
-        record = json.loads(data) if data is not None else None
-    except ValueError:
-        return None
+    record = _read_json(path, RECORD_MAX_BYTES)      # nested past the parser: none either (review rev38g)
     if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in
                                                ("version", "manifest_sha256", "split_pairs_sha256")):
         return None
