@@ -15,8 +15,11 @@ import tracemalloc
 from pathlib import Path
 
 import psycopg
-from test_fix35e import NIGHTLY, NOW, _app_db, _lines
-from test_fix37h import _rankings, _waiting
+from appdb_fixtures import NIGHTLY, NOW
+from appdb_fixtures import add_rankings as _rankings
+from appdb_fixtures import app_db as _app_db
+from appdb_fixtures import raw_lines as _lines
+from test_fix37h import _waiting
 
 from formats.home import DataHome
 from pipelines.appdb import export as appexport

@@ -37,8 +37,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from test_fix35e import NIGHTLY, NOW, _app_db, _lines
-from test_fix37h import _rankings, _waiting
+from appdb_fixtures import NIGHTLY, NOW
+from appdb_fixtures import add_rankings as _rankings
+from appdb_fixtures import app_db as _app_db
+from appdb_fixtures import raw_lines as _lines
+from test_fix37h import _waiting
 from test_fix38b import _moved_away, _raw_ids, _remembered_ids, _waiting_ids
 
 from formats.home import DataHome
