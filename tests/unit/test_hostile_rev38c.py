@@ -31,7 +31,10 @@ from __future__ import annotations
 import datetime as dt
 
 import psycopg
-from test_fix35e import NIGHTLY, NOW, _app_db, _lines, _rank
+from appdb_fixtures import NIGHTLY, NOW
+from appdb_fixtures import add_ranking as _rank
+from appdb_fixtures import app_db as _app_db
+from appdb_fixtures import raw_lines as _lines
 from test_fix37b import _days, _empty_day, _shift
 
 from formats.home import DataHome
