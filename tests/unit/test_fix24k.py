@@ -16,6 +16,7 @@ import zlib
 
 import psycopg
 import pytest
+from appdb_fixtures import app_db as _app_db
 from psycopg.conninfo import conninfo_to_dict
 from splits_fixtures import pair_row, users_by_home, write_pairs
 
@@ -36,7 +37,6 @@ from tests.unit.test_fix24f import QUIET, V1, _publish
 from tests.unit.test_hostile_rev24g import (  # noqa: F401 - fixtures
     DAY,
     TABLES,
-    _app_db,
     _lines,
     _seed_day,
     _standby_of,

@@ -24,6 +24,7 @@ import zlib
 
 import psycopg
 import pytest
+from appdb_fixtures import app_db as _app_db
 from psycopg.conninfo import conninfo_to_dict
 from splits_fixtures import pair_row, users_by_home, write_pairs
 
@@ -37,7 +38,6 @@ from tests.postgres_server import SUPERUSER, postgres_server  # noqa: F401 - fix
 from tests.unit.test_fix24f import QUIET, V1, _publish
 from tests.unit.test_hostile_rev24g import (  # noqa: F401 - fixtures
     DAY,
-    _app_db,
     _lines,
     _rank,
     _seed_day,
