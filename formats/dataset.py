@@ -129,7 +129,9 @@ def read_manifest(version_dir: str | os.PathLike) -> dict:
     except ValueError as exc:
         raise ValueError(f"{exc}: not a manifest a publish wrote") from None
     try:
-        manifest = json.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        del data      # the bytes go before the parse: its peak is the text's and the parser's (review rev38d)
+        manifest = json.loads(text)
     except (UnicodeDecodeError, RecursionError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
@@ -757,10 +759,11 @@ def republish(version: str | os.PathLike) -> str:
 def read_sizes(split_dir: Path, files: dict | None = None) -> dict[str, int] | None:
     """``{shard.tar: samples}`` from a split's ``sizes.json``, or None when it has none.
 
-    The bytes read must have the sha256 the version's manifest (``files``: its ``files``, read when not
-    given) records for ``<split>/sizes.json``, else :class:`ChecksumError`: the file decides the shards'
-    expected counts and the weights of resampled training, so an edited one would skew or hide data. A
-    ``sizes.json`` the manifest does not list is refused; one it lists but that is missing is an error."""
+    The bytes read must have the size (compared before any is read: no more than it is ever read) and the sha256
+    the version's manifest (``files``: its ``files``, read when not given) records for ``<split>/sizes.json``,
+    else :class:`ChecksumError`: the file decides the shards' expected counts and the weights of resampled
+    training, so an edited one would skew or hide data. A ``sizes.json`` the manifest does not list is refused; one
+    it lists but that is missing is an error."""
     split_dir = Path(split_dir)
     sizes_file = split_dir / SIZES_FILE
     version_dir = split_dir.parent
@@ -772,14 +775,22 @@ def read_sizes(split_dir: Path, files: dict | None = None) -> dict[str, int] | N
             raise ChecksumError(f"{sizes_file} is not listed in the {MANIFEST_FILE} of dataset version "
                                 f"{version_dir.name}: not a file that version published; {republish(version_dir)}")
         return None
-    try:   # never more than a manifest may hold (it lists fewer names, shorter): a planted large one is not read
-        data = read_limited(sizes_file, MANIFEST_MAX_BYTES)
+    # never more than the manifest records (its size is compared before any byte is read, as open_listed_file
+    # does: noticed in rev38d, up to 256 MiB were read to be refused by the sha256), nor than a manifest may hold
+    recorded = info.get("bytes")
+    limit = min(recorded, MANIFEST_MAX_BYTES) if isinstance(recorded, int) and recorded >= 0 else MANIFEST_MAX_BYTES
+    try:
+        data = read_limited(sizes_file, limit)
     except FileNotFoundError:
         raise FileNotFoundError(f"{sizes_file} missing: the {MANIFEST_FILE} of dataset version {version_dir.name} "
                                 f"lists it; {republish(version_dir)}") from None
     except ValueError as exc:
         raise ChecksumError(f"{exc}: not the {SIZES_FILE} dataset version {version_dir.name} published; "
                             f"{republish(version_dir)}") from None
+    if isinstance(recorded, int) and len(data) != recorded:
+        raise ChecksumError(f"{sizes_file} of dataset version {version_dir.name} has {len(data)} bytes but its "
+                            f"{MANIFEST_FILE} records {recorded}: it changed after publishing; "
+                            f"{republish(version_dir)}")
     digest = hashlib.sha256(data).hexdigest()
     if digest != info["sha256"]:
         raise ChecksumError(f"{sizes_file} of dataset version {version_dir.name} has sha256 {digest} but its "

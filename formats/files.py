@@ -495,7 +495,9 @@ def read_limited(path: Path | str, max_bytes: int, *, follow_symlinks: bool = Tr
     (checked on the open file: a FIFO is never waited on, ``O_NONBLOCK``, a device never read) or holds more than
     ``max_bytes``: the open file's size is looked at first, and at most ``max_bytes + 1`` bytes are read, so a
     file growing while it is read is refused too (noticed in fix38a: a planted multi-GB ``manifest.json`` was read
-    whole)."""
+    whole). A regular file is read blocking (``O_NONBLOCK`` only kept a FIFO from being waited on at the open: a
+    FUSE file system that honours it may answer a read "try again"); a read that still answers so is an ``OSError``
+    (EAGAIN), never taken for the end of the file (noticed in rev38d: the bytes read so far were returned)."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
     fd = os.open(path, flags)
     try:
@@ -504,6 +506,7 @@ def read_limited(path: Path | str, max_bytes: int, *, follow_symlinks: bool = Tr
             raise ValueError(f"{path} is not a regular file: not read")
         if info.st_size > max_bytes:
             raise ValueError(f"{path} holds {info.st_size} bytes, more than the {max_bytes} such a file may: not read")
+        os.set_blocking(fd, True)
         parts, total = [], 0
         with open(fd, "rb", buffering=0, closefd=False) as handle:
             # what fstat says, and one byte more to see it grew; a read allocates what it asks for, so never
@@ -511,6 +514,9 @@ def read_limited(path: Path | str, max_bytes: int, *, follow_symlinks: bool = Tr
             want = min(info.st_size, max_bytes) + 1
             while total <= max_bytes:
                 part = handle.read(want)
+                if part is None:      # "try again" from a descriptor still non-blocking: not the end of the file
+                    raise OSError(errno.EAGAIN, f"read of {total} bytes, then the file system answered "
+                                                "'try again': not read whole", str(path))
                 if not part:
                     break
                 parts.append(part)

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from formats.dataset import FORMAT_VERSION, MANIFEST_FILE, describe, manifest_files, read_manifest, sidecar_glob
+from formats.dataset import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    MANIFEST_MAX_BYTES,
+    describe,
+    manifest_files,
+    read_manifest,
+    shard_paths,
+    sidecar_glob,
+)
 from formats.duck import NO_HIVE
 from formats.files import write_bytes_atomic
 from formats.text import terminal_text
@@ -69,7 +78,47 @@ def write_manifest(staging: Path, version: str, table: pa.Table, stats: list[dic
                         f"{NO_HIVE})",
         "files": files,
     }
-    write_bytes_atomic(staging / MANIFEST_FILE, manifest_text(manifest).encode())
+    data = manifest_text(manifest).encode()
+    if len(data) > MANIFEST_MAX_BYTES:
+        raise ManifestTooLarge(too_large(version, f"holds {len(data):,} bytes", len(stats), config))
+    write_bytes_atomic(staging / MANIFEST_FILE, data)
+
+
+class ManifestTooLarge(ValueError):
+    """The version's ``manifest.json`` would pass :data:`formats.dataset.MANIFEST_MAX_BYTES`, what its readers
+    accept (review rev38d)."""
+
+
+def too_large(version: str, what: str, shards: int, config: PublishConfig) -> str:
+    """Why a version whose manifest ``what`` (``holds N bytes``) is not published, and the knobs that change it."""
+    return (f"dataset version {version} is not published: its {MANIFEST_FILE}, listing {shards:,} shards, {what}, more "
+            f"than the {MANIFEST_MAX_BYTES} bytes a manifest may hold "
+            f"(formats.dataset.MANIFEST_MAX_BYTES: every reader refuses a larger one, so the publish would refuse "
+            f"its own version). Publish fewer, larger shards: lower publish.shards_per_day (now "
+            f"{config.shards_per_day}) or raise publish.min_shard_bytes (now {config.min_shard_bytes}); "
+            f"publish.max_samples_per_shard (now {config.max_samples_per_shard}) and publish.max_shard_bytes (now "
+            f"{config.max_shard_bytes}) cap a shard's size. latest is left as it is")
+
+
+def check_manifest_room(version: str, tasks: list, config: PublishConfig) -> None:
+    """Refuse, before any shard is written, a shard plan (``tasks``:
+    :func:`pipelines.publish.samples.plan_tasks`) whose manifest would pass :data:`MANIFEST_MAX_BYTES`: the
+    least its shards' lines alone take (each file's size one digit) is compared; :func:`write_manifest` checks
+    the exact text. Review rev38d: ``shards_per_day`` and ``min_shard_bytes`` have no bound and the shards grow
+    with the export days, so a publish wrote every shard of a version whose manifest its own check then refused
+    as "not a manifest a publish wrote"."""
+    least = sum(len(file_line(str(path), _LEAST_ENTRY)) + 2
+                for task in tasks for path in shard_paths(Path(task.split), task.name))
+    if least > MANIFEST_MAX_BYTES:
+        raise ManifestTooLarge(too_large(version, f"would hold at least {least:,} bytes", len(tasks), config))
+
+
+_LEAST_ENTRY = {"bytes": 0, "sha256": "0" * 64}   # a file's manifest entry at its shortest
+
+
+def file_line(rel: str, info: dict) -> str:
+    """The line of the file ``rel`` in a manifest's ``files`` (:func:`manifest_text`), without its separator."""
+    return f"  {json.dumps(rel)}: {json.dumps(info, sort_keys=True, separators=(',', ':'))}"
 
 
 FILES_PLACEHOLDER = "\0files\0"
@@ -79,8 +128,7 @@ def manifest_text(manifest: dict) -> str:
     """The manifest as JSON: indented, keys sorted, one line per file in ``files`` (a version has
     thousands; the line form is about a fifth smaller and still diffs line by line)."""
     text = json.dumps({**manifest, "files": FILES_PLACEHOLDER}, indent=1, sort_keys=True)
-    lines = ",\n".join(f"  {json.dumps(rel)}: {json.dumps(info, sort_keys=True, separators=(',', ':'))}"
-                        for rel, info in sorted(manifest["files"].items()))
+    lines = ",\n".join(file_line(rel, info) for rel, info in sorted(manifest["files"].items()))
     block = "{\n" + lines + "\n }" if lines else "{}"
     placeholder = json.dumps(FILES_PLACEHOLDER)
     if text.count(placeholder) != 1:

@@ -370,6 +370,7 @@ def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, p
     Nothing here reads the warehouse."""
     gated_by = _contract_versions() if gated_by is None else gated_by
     tasks = plan_tasks(home, sample_table(table, jpgs), jpgs, staging, config, volumes)
+    manifest.check_manifest_room(version, tasks, config)   # before any shard is written (review rev38d)
     written = write_shards(tasks, previous, config, progress)
     faults.maybe_crash("publish.after_shards")  # tests: every shard committed, no manifest
     for attempt in (1, 2):

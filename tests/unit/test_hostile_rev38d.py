@@ -2,7 +2,7 @@
 ``formats.files.read_limited``, ``read_small_file`` built on it, the trainer's ``prompt_counts`` through
 ``open_listed_file``).
 
-Defects found (each a strict xfail below):
+Defects found (each was a strict xfail below; fixed by fix38l, tested further in ``test_fix38l.py``):
 
 1. ``test_a_publish_whose_own_manifest_passes_the_limit_says_why_and_what_to_change``: the publish never checks
    the manifest it writes against the limit its readers now enforce (MANIFEST_MAX_BYTES, 256 MiB). A dataset whose
@@ -41,8 +41,6 @@ from test_publish_fixtures import make_home
 from formats import dataset
 
 
-@pytest.mark.xfail(strict=True, reason="rev38d: a publish whose own manifest passes MANIFEST_MAX_BYTES fails with "
-                                       "'not a manifest a publish wrote', naming no cause or knob")
 def test_a_publish_whose_own_manifest_passes_the_limit_says_why_and_what_to_change(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The limit is scaled down (8 KiB) so a real publish's manifest (~13 KB) passes it, standing in for a data set
@@ -79,8 +77,6 @@ def _big_manifest(folder: Path, shards: int) -> int:
     return len(text)
 
 
-@pytest.mark.xfail(strict=True, reason="rev38d: read_manifest keeps the bytes read alive while parsing their "
-                                       "decoded text: peak up by one manifest size over the reading before fix38a")
 def test_read_manifest_holds_no_more_than_the_reading_before_fix38a(tmp_path: Path) -> None:
     """Before fix38a (``json.loads(path.read_text())``) the bytes were gone before the parse: peak - retained was
     1.26x the manifest's size (the text being parsed, and the parser's working set); now it is 2.26x."""
