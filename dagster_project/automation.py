@@ -17,7 +17,8 @@ The nightly path runs by itself wherever a Dagster daemon runs for the home (``p
   is the source (``PICKAPIC_APP_DB_DSN`` set), exports the newest closed day and the lookback days into
   the raw zone, adding them as partitions, and before them up to ``CATCH_UP_DAYS`` days the raw zone lacks
   (missed nights, failed exports; see ``missing_days``) and the days an earlier export found lacking rows
-  committed after their last export (``pipelines.appdb.export.late_rows``); the raw-day sensor then
+  committed after their last export (``pipelines.appdb.export.late_rows``) or marked for rows moved there,
+  raw days or days the raw zone lacks after its first, whatever their age (fix38i); the raw-day sensor then
   ingests the days whose files changed.
 
 While a `pickapic build` holds the home's build lock, the nightly and both sensors request nothing and say so
@@ -231,8 +232,14 @@ def app_export_schedule(context: dg.ScheduleEvaluationContext, data_home: Pickap
     from pipelines.appdb.export import late_days
 
     window, held = set(days), set(raw_days)     # review rev37b: not set(raw_days()) once per marked day
+    # fix38i: and the marked days the raw zone lacks (a gap a moved row was marked into: ScheduledDays), closed
+    # (before the window), whatever their age: the catch-up's horizon follows the clock, so after an outage longer
+    # than the slack of SCHEDULED_GAP_DAYS it no longer reached such a gap, and the row was in no raw day. Not
+    # before the raw zone's first day: no export marks one (fix36n: its rows are remembered), and exporting an
+    # old marker's day there would start the history anew, a year of empty days caught up after it
+    opened = raw_days[0] if raw_days else days[0]
     late = [day for day in late_days(data_home.home()) if day not in window and day not in missed
-            and day in held][:CATCH_UP_DAYS]
+            and (day in held or (opened < day < days[0] and calendar_day(day)))][:CATCH_UP_DAYS]
     if late:
         context.log.warning(f"app export: re-exporting {len(late)} day(s) whose raw files lack rows committed after "
                             f"their last export ({', '.join(late[:5])}{', ...' if len(late) > 5 else ''})")
@@ -241,6 +248,16 @@ def app_export_schedule(context: dg.ScheduleEvaluationContext, data_home: Pickap
     run_config = {"ops": {"app_export": {"config": settings}}}
     return [dg.RunRequest(run_key=f"app-export-{day}-{tick:%Y%m%dT%H%M}", partition_key=day, run_config=run_config)
             for day in days]
+
+
+def calendar_day(name: str) -> bool:
+    """Whether ``name`` (YYYY-MM-DD digits, as ``late_days`` lists markers) is a day of the calendar: a marker
+    named 2023-02-30 (not the export's) is never requested (its export would fail every night)."""
+    try:
+        dt.date.fromisoformat(name)
+    except ValueError:
+        return False
+    return True
 
 
 def missing_days(home: DataHome, first: str, raw_days: list[str] | None = None) -> list[str]:
@@ -263,8 +280,10 @@ def missing_days(home: DataHome, first: str, raw_days: list[str] | None = None) 
     the app did then; `pickapic build --from-app-db --from DAY` exports them if wanted).
 
     ``raw_days``: the raw zone's days as the caller listed them (``app_export_schedule`` lists it once a tick,
-    review rev37b); None lists it here. A gap older than the horizon is exported by no night: the export's
-    moved rows remember a row moved there rather than mark its day (``ScheduledDays``, review rev37b)."""
+    review rev37b); None lists it here. A gap older than the horizon is exported by no night's catch-up: the
+    export's moved rows remember a row moved there rather than mark its day (``ScheduledDays``, review rev37b);
+    a gap marked while within it is requested by ``app_export_schedule`` as a marked day, whatever its age by
+    then (fix38i)."""
     from pipelines.appdb.export import raw_day_counts  # the export's module is heavy: only when needed
 
     start = dt.date.fromisoformat(first)

@@ -19,7 +19,8 @@ CATCH_UP_HORIZON_DAYS = 366   # how far before the lookback window the schedule 
 # review rev37b: the gaps ScheduledDays holds, counted back from the day after the raw zone's last day (the next
 # night's newest day; fix38f: or after the newest day closed by the caller's clock, if later): the catch-up's
 # horizon less CATCH_UP_DAYS nights of slack (a next night that comes late, a lookback of 0), so a gap it holds is
-# one a coming night's catch-up (oldest first) reaches
+# one a coming night's catch-up (oldest first) reaches; fix38i: a gap marked while held is also requested as a
+# marked day (``app_export_schedule``), whatever its age, so an outage longer than the slack loses no row marked there
 SCHEDULED_GAP_DAYS = CATCH_UP_HORIZON_DAYS - CATCH_UP_DAYS
 STRAY_DAY_ROWS = 10      # fewer rows than this (but some) in the four files of a lone first raw day: a stray
 
@@ -104,7 +105,12 @@ class ScheduledDays:
     there was marked for good and in no raw day. ``newest``, the newest day closed by the caller's clock
     (:func:`newest_closed`: the export's ``now``, the schedule's tick), moves the horizon's start to the later of
     the two; a clock behind the raw zone (a test clock, a clock gone backwards) leaves it at the raw zone's last
-    day, the fewer gaps held (more rows remembered, none lost); '' (no clock) is the raw zone's last day alone."""
+    day, the fewer gaps held (more rows remembered, none lost); '' (no clock) is the raw zone's last day alone.
+
+    Fix38i: the guarantee no longer rests on the slack alone. A gap held here when its row was marked is requested
+    by ``app_export_schedule`` as a marked day the raw zone lacks (after its first day), however many nights the
+    schedule missed since (an outage longer than CATCH_UP_DAYS nights took the gap past every coming catch-up's
+    horizon: the row was in no raw day); its export writes the day and clears the marker."""
 
     def __init__(self, home: DataHome, raw_days: list[str], raw_day_counts: DayCounts, newest: str = "") -> None:
         self.home, self.days, self.held = home, list(raw_days), set(raw_days)

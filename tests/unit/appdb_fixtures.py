@@ -94,11 +94,13 @@ def raw_ids(home: DataHome, table: str = "rankings") -> set[int]:
 
 
 def nightly(home: DataHome, dsn: str, night: str, schedule: bool = False) -> list:
-    """The night's export, then the marked days (``schedule``: only those the raw zone holds, as
-    ``app_export_schedule`` does)."""
+    """The night's export, then the marked days (``schedule``: only those ``app_export_schedule`` requests, the
+    raw days and, fix38i, the days the raw zone lacks after its first and before the night's lookback window)."""
     reports = [export_day(home, dsn, night, NIGHTLY, now=NOW)]
+    first = (dt.date.fromisoformat(night) - dt.timedelta(days=NIGHTLY.lookback_days)).isoformat()
     for marked in late_days(home):
-        if not schedule or marked in home.raw_days():
+        raw = home.raw_days()
+        if not schedule or marked in raw or (raw and raw[0] < marked < first):
             reports.append(export_day(home, dsn, marked, NIGHTLY, now=NOW))
     return reports
 

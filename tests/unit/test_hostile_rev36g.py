@@ -58,14 +58,16 @@ from tests.postgres_server import postgres_server  # noqa: F401 - fixture
 def _schedule_night(home: DataHome, dsn: str, night: str) -> list:
     """A night as ``app_export_schedule`` runs it (``lookback_days`` of NIGHTLY, night = its newest day): the
     missing days it catches up (``dagster_project.automation.missing_days``, 31 at most), the marked days the raw
-    zone holds, then the lookback window."""
+    zone holds (fix38i: and those it lacks after its first day and before the window), then the lookback window."""
     from dagster_project.automation import CATCH_UP_DAYS, missing_days
 
     first = (dt.date.fromisoformat(night) - dt.timedelta(days=NIGHTLY.lookback_days)).isoformat()
     window = [(dt.date.fromisoformat(first) + dt.timedelta(days=k)).isoformat()
               for k in range(NIGHTLY.lookback_days + 1)]
     missed = missing_days(home, first)[:CATCH_UP_DAYS]
-    late = [d for d in late_days(home) if d not in window and d not in missed and d in home.raw_days()]
+    raw = home.raw_days()
+    late = [d for d in late_days(home) if d not in window and d not in missed
+            and (d in raw or (raw and raw[0] < d < first))]
     return [export_day(home, dsn, d, NIGHTLY, now=NOW) for d in sorted(set(missed) | set(late)) + window]
 
 
