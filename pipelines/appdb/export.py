@@ -55,7 +55,14 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from formats import rawlines
-from formats.files import lstat_or_none, open_regular_file, read_small_file, sha256_file, write_bytes_atomic
+from formats.files import (
+    atomic_path,
+    lstat_or_none,
+    open_regular_file,
+    read_small_file,
+    sha256_file,
+    write_bytes_atomic,
+)
 from formats.home import DataHome
 from formats.locks import LockFileRefused, hold_lock
 from formats.progress import Progress, silent
@@ -1504,6 +1511,8 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         undated_watch = watch_undated(conn, home, day, watched)
         # fix37h: and the rows moved to a day not closed yet past the cap (MOVED_WAITING)
         waiting_watch = watch_waiting(conn, home, day)
+        if waiting_watch.damaged:     # review rev38e: never read as no rows, silently
+            report.warnings.append(damaged_waiting_warning(waiting_watch.damaged))
         if report.unconvertible:
             report.warnings.append(unconvertible_warning(day, report.unconvertible))
         if report.oversized:
@@ -2645,8 +2654,26 @@ def _sorted_unique(ids: Iterable[int]) -> array.array:
         out.append(key)
         last = key
     if not ordered:             # not in order (a file another exporter wrote): sorted once
-        out = array.array("q", sorted(set(out)))
+        _sort_once(out)
     return out
+
+
+def _sort_once(ids: array.array) -> None:
+    """Sort the int64 array ``ids`` in place, each id once (review rev38e: numpy sorts the array's own memory, and
+    the ids kept are copied back into it: ~17 bytes an id at most; ``sorted(set(...))`` took ~100 bytes an id in
+    Python ints)."""
+    import numpy as np
+
+    values = np.frombuffer(ids, dtype=np.int64)
+    values.sort()
+    keep = np.empty(len(values), dtype=bool)
+    keep[:1] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    kept = values[keep]
+    values[:len(kept)] = kept
+    count = len(kept)
+    del values, keep, kept       # no view of the array left: it may shrink
+    del ids[count:]
 
 
 def exact_identities(conn: psycopg.Connection) -> bool:
@@ -2791,8 +2818,119 @@ UNDATED_STATE_MAX_BYTES = 1 << 20            # 4 x REMEMBER_UNDATED entries take
 # and naming those on a day up to the raw zone's last (a day is never held back for them), each forgotten once the
 # export of the day it is dated to holds it, or deleted
 MOVED_WAITING = "app_export_moved"
-MOVED_WAITING_MAX_BYTES = 1 << 30            # ~20 bytes an id: a larger file is not ours
+MOVED_WAITING_MAX_BYTES = 64 << 20           # review rev38e: ~3 million ids a table for a day (at most ~22 bytes an
+#                                              id): a larger file is not ours (it was 1 GiB, parsed whole into
+#                                              Python ints: 8x its size)
 WAITING_BATCH = 10_000                       # ids a row_days look-up of the waiting rows passes at a time
+WAITING_READ_BYTES = 1 << 18                 # a MOVED_WAITING file is parsed this many bytes at a time (rev38e)
+WAITING_WRITE_IDS = 1 << 14                  # ids turned into text at a time when one is written
+# review rev38e: a MOVED_WAITING file that is not as the export writes it (truncated, hand-edited, not a regular
+# file, too large) may be the only record of its rows: it is never read as "no rows" and never replaced; a writer
+# that meets it moves it aside to dt=DAY.json.damaged (.damaged-2, -3, ... where that name is taken), and every
+# export names it (in place or moved aside) until someone deletes it
+DAMAGED_WAITING = ".damaged"
+
+
+class WaitingDamaged(ValueError):
+    """A MOVED_WAITING file that is not as the export writes it (review rev38e); the text says why."""
+
+
+_W_SPACE = rb"[ \t\n\r]*"
+_W_INT = rb"-?(?:0|[1-9][0-9]*)"
+_W_OPEN = re.compile(_W_SPACE + rb"\{")
+_W_CLOSE = re.compile(_W_SPACE + rb"\}")
+_W_COMMA = re.compile(_W_SPACE + rb",")
+_W_KEY = re.compile(_W_SPACE + rb'"([a-z_]{1,64})"' + _W_SPACE + rb":" + _W_SPACE + rb"\[")
+_W_EMPTY = re.compile(_W_SPACE + rb"\]")
+_W_IDS = re.compile(_W_SPACE + rb"(?=[-0-9])")
+_W_RUN = re.compile(rb"(?:" + _W_SPACE + _W_INT + _W_SPACE + rb",)+")     # ids, each followed by a comma
+_W_LAST = re.compile(_W_SPACE + rb"(" + _W_INT + rb")" + _W_SPACE + rb"\]")
+_W_PARTIAL_MAX = 4096        # bytes a part not understood yet may take before more is read: past it, not ours
+_W_BLANK = b" \t\n\r"
+
+
+def _parse_waiting(handle, limit: int) -> dict[str, array.array]:
+    """Review rev38e: parse a MOVED_WAITING file (``{"table": [id, ...], ...}``, JSON) from ``handle``,
+    WAITING_READ_BYTES at a time, into table -> sorted int64 ids. Memory: the ids' arrays (8 bytes an id) and a
+    piece of the file; it was the whole text, a list, a set and a sorted list of Python ints (8x the file). Ids in
+    ascending order (as the export writes them) are taken as they come; a table listing them otherwise is sorted
+    once read (each id once). Anything else raises :class:`WaitingDamaged`: not that JSON (truncated), a table the
+    export does not write or twice, an id that is not an int64, more than ``limit`` bytes."""
+    out = {table: array.array("q") for table in RAW_TABLES}
+    unsorted: set[str] = set()
+    seen: set[str] = set()
+    buf, pos, final, offset, state, table = b"", 0, False, 0, "open", ""
+
+    def more() -> None:
+        nonlocal buf, pos, final, offset
+        part = handle.read(WAITING_READ_BYTES)
+        final = not part
+        offset += pos
+        buf, pos = buf[pos:] + part, 0
+        if offset + len(buf) > limit:           # grown since its size was looked at
+            raise WaitingDamaged(f"more than {limit} bytes")
+
+    def damaged(why: str) -> WaitingDamaged:
+        return WaitingDamaged(f"{why} at byte {offset + pos}")
+
+    more()
+    while state != "end":
+        if state == "open":
+            match, next_state = _W_OPEN.match(buf, pos), "first"
+        elif state in ("first", "key"):
+            match, next_state = (_W_CLOSE.match(buf, pos) if state == "first" else None), "end"
+            if match is None:
+                match, next_state = _W_KEY.match(buf, pos), "list"
+                if match is not None:
+                    table = match.group(1).decode("ascii")
+                    if table not in out or table in seen:
+                        raise damaged(f"table {table!r} is not one the export writes, or is there twice")
+                    seen.add(table)
+        elif state == "list":
+            match, next_state = _W_EMPTY.match(buf, pos), "after"
+            if match is None:
+                match, next_state = _W_IDS.match(buf, pos), "ids"
+        elif state == "ids":
+            ids = out[table]
+            run = _W_RUN.match(buf, pos)
+            if run is not None:
+                try:
+                    batch = array.array("q", map(int, buf[pos:run.end() - 1].split(b",")))
+                except OverflowError:
+                    raise damaged(f"an id of {table} is not a 64-bit integer") from None
+                if (ids and ids[-1] >= batch[0]) or not all(map(int.__lt__, batch, batch[1:])):
+                    unsorted.add(table)
+                ids.extend(batch)
+                pos = run.end()
+            match, next_state = _W_LAST.match(buf, pos), "after"
+            if match is not None:
+                try:
+                    ids.append(int(match.group(1)))
+                except OverflowError:
+                    raise damaged(f"an id of {table} is not a 64-bit integer") from None
+                if len(ids) > 1 and ids[-2] >= ids[-1]:
+                    unsorted.add(table)
+        else:   # "after" a table's ids
+            match, next_state = _W_COMMA.match(buf, pos), "key"
+            if match is None:
+                match, next_state = _W_CLOSE.match(buf, pos), "end"
+        if match is None:
+            if final or len(buf) - pos > _W_PARTIAL_MAX:
+                cut = final and re.fullmatch(rb"[ \t\n\r0-9,-]*", buf[pos:]) is not None   # truncated
+                raise damaged("ends early" if cut else "not the export's JSON")
+            more()                        # a part cut where the piece read ended: read on
+            continue
+        pos, state = match.end(), next_state
+    while True:                           # nothing but blanks after the object
+        if buf[pos:].strip(_W_BLANK):
+            raise damaged("more than one JSON object")
+        if final:
+            break
+        pos = len(buf)
+        more()
+    for table in unsorted:
+        _sort_once(out[table])
+    return out
 
 
 def undated_rows(conn: psycopg.Connection, watched: dict[str, list[int]] | None = None) -> dict[str, dict]:
@@ -2909,43 +3047,121 @@ def _waiting_path(home: DataHome, day: str) -> Path:
     return home.cache / MOVED_WAITING / f"dt={day}.json"
 
 
-def waiting_days(home: DataHome) -> list[str]:
-    """The days HOME/cache/MOVED_WAITING holds rows for (fix37h), in order."""
+def _waiting_names(home: DataHome) -> list[str]:
     try:
-        names = os.listdir(home.cache / MOVED_WAITING)
+        return os.listdir(home.cache / MOVED_WAITING)
     except OSError:
         return []
-    return sorted(name[3:13] for name in names if re.fullmatch(r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}\.json", name))
+
+
+def waiting_days(home: DataHome) -> list[str]:
+    """The days HOME/cache/MOVED_WAITING holds rows for (fix37h), in order."""
+    return sorted(name[3:13] for name in _waiting_names(home)
+                  if re.fullmatch(r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}\.json", name))
+
+
+def _set_aside_names(home: DataHome) -> list[str]:
+    """The MOVED_WAITING files moved aside as damaged (review rev38e), in order."""
+    return sorted(name for name in _waiting_names(home)
+                  if re.fullmatch(r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}\.json" + re.escape(DAMAGED_WAITING) + r"(-[0-9]+)?",
+                                  name))
 
 
 def _load_waiting(home: DataHome, day: str) -> dict[str, array.array]:
-    """Table -> sorted int64 ids of ``day``'s MOVED_WAITING file; anything the export did not write reads as none."""
+    """Table -> sorted int64 ids of ``day``'s MOVED_WAITING file (none where there is no file). Review rev38e: parsed
+    a piece at a time (:func:`_parse_waiting`: 8 bytes an id); a file that is not as the export writes it (not a
+    regular file, larger than MOVED_WAITING_MAX_BYTES, not that JSON) raises :class:`WaitingDamaged`, never reads as
+    no rows (it may be the only record of them); OSError where it cannot be read."""
     out = {table: array.array("q") for table in RAW_TABLES}
-    state = _read_cache_state(_waiting_path(home, day), MOVED_WAITING_MAX_BYTES)
-    for table in RAW_TABLES:
-        ids = state.get(table)
-        if isinstance(ids, list):
-            out[table] = array.array("q", sorted({key for key in ids
-                                                  if type(key) is int and -(1 << 63) <= key < (1 << 63)}))
-    return out
+    try:
+        fd = os.open(_waiting_path(home, day), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return out
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise WaitingDamaged("a symbolic link") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise WaitingDamaged("not a regular file")
+        if info.st_size > MOVED_WAITING_MAX_BYTES:
+            raise WaitingDamaged(f"{info.st_size} bytes, more than the {MOVED_WAITING_MAX_BYTES} such a file may hold")
+        with open(fd, "rb", buffering=0, closefd=False) as handle:
+            return _parse_waiting(handle, MOVED_WAITING_MAX_BYTES)
+    finally:
+        os.close(fd)
+
+
+def _set_aside(home: DataHome, day: str) -> Path:
+    """Move ``day``'s damaged MOVED_WAITING file aside (review rev38e; the caller holds UNDATED_LOCK) to
+    dt=DAY.json.damaged, or -2, -3, ... where that name is taken: never over another file. OSError raised."""
+    path = _waiting_path(home, day)
+    for number in range(1, 1000):
+        aside = path.with_name(path.name + DAMAGED_WAITING + ("" if number == 1 else f"-{number}"))
+        try:
+            os.link(path, aside, follow_symlinks=False)      # never replaces a file there
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            if lstat_or_none(aside) is not None:              # a folder (no hard link): renamed to a free name
+                continue
+            os.rename(path, aside)
+            return aside
+        os.unlink(path)
+        return aside
+    raise OSError(errno.EEXIST, "no free name to move the damaged file aside to", str(path))
+
+
+def _waiting_to_change(home: DataHome, day: str) -> dict[str, array.array]:
+    """``day``'s MOVED_WAITING ids for a writer holding UNDATED_LOCK: a damaged file is moved aside first, kept
+    whole (review rev38e: the next write replaced it, and the rows only it listed were lost)."""
+    try:
+        return _load_waiting(home, day)
+    except WaitingDamaged:
+        _set_aside(home, day)
+        return {table: array.array("q") for table in RAW_TABLES}
+
+
+def _waiting_text(per_table: dict[str, array.array]) -> Iterator[bytes]:
+    """The JSON of ``per_table`` (json.dumps' bytes, keys sorted), WAITING_WRITE_IDS ids at a time (review rev38e:
+    no list of Python ints for the whole file)."""
+    yield b"{"
+    for number, table in enumerate(sorted(table for table, ids in per_table.items() if ids)):
+        yield f'{", " if number else ""}{json.dumps(table)}: ['.encode("ascii")
+        ids = per_table[table]
+        for at in range(0, len(ids), WAITING_WRITE_IDS):
+            yield ((", " if at else "") + ", ".join(map(str, ids[at:at + WAITING_WRITE_IDS]))).encode("ascii")
+        yield b"]"
+    yield b"}"
 
 
 def _save_waiting(home: DataHome, day: str, per_table: dict[str, array.array]) -> None:
     """Write ``day``'s MOVED_WAITING file (sorted ids: the same rows, the same bytes), removed when it holds none;
-    atomically (:func:`_write_cache_json`); OSError raised."""
+    atomically, as :func:`_write_cache_json` does (a piece at a time); OSError raised, EFBIG where it would hold
+    more than MOVED_WAITING_MAX_BYTES (no export could read it back: the file there stays as it was)."""
     path = _waiting_path(home, day)
     if not any(per_table.values()):
         info = lstat_or_none(path)
         if info is not None and stat.S_ISREG(info.st_mode):
             path.unlink()
         return
-    _write_cache_json(home, path, {table: ids.tolist() for table, ids in per_table.items() if ids})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing_cache(home), atomic_path(path) as temp, open(temp, "wb") as handle:
+        written = 0
+        for part in _waiting_text(per_table):
+            written += handle.write(part)
+            if written > MOVED_WAITING_MAX_BYTES:
+                raise OSError(errno.EFBIG, f"more than the {MOVED_WAITING_MAX_BYTES} bytes such a file may hold",
+                              str(path))
 
 
 def _add_waiting(home: DataHome, waiting: dict[str, dict[str, array.array]]) -> None:
     """Add table -> day -> ids to the MOVED_WAITING files, one day at a time (the caller holds UNDATED_LOCK)."""
     for day in sorted({on for per in waiting.values() for on in per}):
-        current = _load_waiting(home, day)
+        current = _waiting_to_change(home, day)
         for table, per in waiting.items():
             if per.get(day):     # two sorted runs merged, each id once (no set of the day's ids as Python ints)
                 merged, last = array.array("q"), None
@@ -2961,49 +3177,91 @@ def _add_waiting(home: DataHome, waiting: dict[str, dict[str, array.array]]) -> 
 class WaitingWatch:
     """Fix37h: what an export learnt of the MOVED_WAITING rows: per file day, table -> the ids to forget once
     the day is published (held by it, or deleted); the rows dated to another day (``dated``: at most FIRST_IDS
-    a table and day listed, ``more``: table -> day -> the others counted) for :func:`dated_warning`."""
+    a table and day listed, ``more``: table -> day -> the others counted) for :func:`dated_warning`; review rev38e:
+    the files it could not read (``damaged``: (path, why)) for :func:`damaged_waiting_warning`."""
 
     forget: dict[str, dict[str, array.array]] = field(default_factory=dict)
     dated: dict[str, dict[int, str]] = field(default_factory=dict)
     more: dict[str, dict[str, int]] = field(default_factory=dict)
+    damaged: list[tuple[str, str]] = field(default_factory=list)
 
 
 def watch_waiting(conn: psycopg.Connection, home: DataHome, day: str) -> WaitingWatch:
     """Look up, in the export's snapshot, where the MOVED_WAITING rows stand (``row_days.sql``, WAITING_BATCH ids
-    at a time, one file day at a time: memory bounded by a day's ids as int64 arrays): a row dated to ``day`` is
+    at a time, one file day read at a time: memory bounded by a day's ids as int64 arrays): a row dated to ``day`` is
     this export's (forgotten once published), a deleted one is forgotten, one dated to another day is named and
     that day marked where the schedule exports it (:func:`dated_warning`), like a remembered row dated since (fix38b:
     its file's day too, so a row moved before the raw zone's first day is named each night until that day's export
     holds it; a day not closed yet is after the raw zone's last, which dated_warning leaves out); an undated one
-    waits (the undated warning names it)."""
+    waits (the undated warning names it). Review rev38e: a look-up takes the ids of as many file days as fit in
+    WAITING_BATCH (it was one query a file day and table), the rows listed are counted a table and day (each row
+    counted the rows listed over every day: quadratic in the days), and a file that cannot be read, or one moved
+    aside as damaged, is listed in ``damaged`` (it read as no rows, silently)."""
     watch = WaitingWatch()
     exact = None
+    listed_on: dict[str, dict[str, int]] = {}          # table -> day -> rows listed in watch.dated
+    pending: list[tuple[str, str, int]] = []            # (table, file day, id), WAITING_BATCH at most
+
+    def look_up() -> None:
+        nonlocal exact
+        if exact is None:
+            exact = exact_identities(conn)
+        params: dict[str, list[int]] = {name: [] for name in RAW_TABLES}
+        for table, _, key in pending:
+            params[table].append(key)
+        found: dict[tuple[str, int], str | None] = {}
+        for table, key, on, _ in conn.execute(statement("row_days"), {**params, "exact": exact}):
+            found[(as_text(table), key)] = as_text(on)
+        for table, file_day, key in pending:
+            if (table, key) not in found or found[(table, key)] == day:
+                watch.forget.setdefault(file_day, {}).setdefault(table, array.array("q")).append(key)
+            elif found[(table, key)] is not None:
+                # fix38b: named on its file's day too (dated_warning names only days up to the raw zone's
+                # last: a row before its first is named each night, one on a day not closed yet is not)
+                on = found[(table, key)]
+                listed, counts = watch.dated.setdefault(table, {}), listed_on.setdefault(table, {})
+                if key in listed:
+                    continue                   # waiting on two file days: one row, named once
+                if counts.get(on, 0) < FIRST_IDS:
+                    listed[key] = on
+                    counts[on] = counts.get(on, 0) + 1
+                else:
+                    per = watch.more.setdefault(table, {})
+                    per[on] = per.get(on, 0) + 1
+        pending.clear()
+
     for file_day in waiting_days(home):
-        ids = _load_waiting(home, file_day)
+        try:
+            ids = _load_waiting(home, file_day)
+        except (WaitingDamaged, OSError) as exc:
+            why = f"not as the export writes it: {exc}" if isinstance(exc, WaitingDamaged) else (
+                f"cannot be read: {exc.strerror or exc}")
+            watch.damaged.append((str(_waiting_path(home, file_day)), why))
+            continue
         for table in RAW_TABLES:
-            keys = ids[table]
-            for at in range(0, len(keys), WAITING_BATCH):
-                batch = keys[at:at + WAITING_BATCH]
-                if exact is None:
-                    exact = exact_identities(conn)
-                params = {name: (batch.tolist() if name == table else []) for name in RAW_TABLES}
-                found: dict[int, str | None] = {}
-                for _, key, on, _ in conn.execute(statement("row_days"), {**params, "exact": exact}):
-                    found[key] = as_text(on)
-                for key in batch:
-                    if key not in found or found[key] == day:
-                        watch.forget.setdefault(file_day, {}).setdefault(table, array.array("q")).append(key)
-                    elif found[key] is not None:
-                        # fix38b: named on its file's day too (dated_warning names only days up to the raw zone's
-                        # last: a row before its first is named each night, one on a day not closed yet is not)
-                        on = found[key]
-                        listed = watch.dated.setdefault(table, {})
-                        if sum(1 for other in listed.values() if other == on) < FIRST_IDS:
-                            listed[key] = on
-                        else:
-                            per = watch.more.setdefault(table, {})
-                            per[on] = per.get(on, 0) + 1
+            for key in ids[table]:
+                pending.append((table, file_day, key))
+                if len(pending) >= WAITING_BATCH:
+                    look_up()
+    if pending:
+        look_up()
+    watch.damaged += [(str(home.cache / MOVED_WAITING / name), "moved aside as damaged by an earlier export")
+                      for name in _set_aside_names(home)]
     return watch
+
+
+def damaged_waiting_warning(damaged: list[tuple[str, str]]) -> str:
+    """Review rev38e: one line naming the MOVED_WAITING files no export can read (``WaitingWatch.damaged``), each
+    night until someone deletes them: the rows only they list are in no raw day and named by nothing else."""
+    days = sorted({Path(path).name[3:13] for path, _ in damaged})
+    return (f"{len(damaged)} file(s) listing app rows moved to a day before the raw zone's first or not closed yet "
+            "cannot be read as the export writes them, so the rows they list (which may be recorded nowhere else) "
+            "are not looked up or named: "
+            + "; ".join(f"{path} ({why})" for path, why in damaged[:FIRST_IDS])
+            + ("; ..." if len(damaged) > FIRST_IDS else "")
+            + f" -- kept as they are (one in place is moved aside, to its name + {DAMAGED_WAITING}, before rows "
+            "are written for its day again): restore it from a backup, or export its day and check the app rows it "
+            f"lists (pickapic build --from-app-db --from {days[0]} --to {days[0]}), then delete it")
 
 
 def forget_waiting(home: DataHome, watch: WaitingWatch) -> str:
@@ -3012,11 +3270,11 @@ def forget_waiting(home: DataHome, watch: WaitingWatch) -> str:
     try:
         with hold_lock(home.locks / UNDATED_LOCK, "the app export's undated rows", lambda _holder: None):
             for file_day, per in sorted(watch.forget.items()):
-                current = _load_waiting(home, file_day)
+                current = _waiting_to_change(home, file_day)
                 for table, gone in per.items():      # ``gone``: ascending, as the file listed them
                     current[table] = array.array("q", (key for key in current[table] if not _sorted_has(gone, key)))
                 _save_waiting(home, file_day, current)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:     # ValueError: LockFileRefused
         return (f"the app rows exported tonight could not be taken out of {home.cache / MOVED_WAITING} ({exc}): "
                 "the next export looks them up again")
     return ""
