@@ -407,7 +407,7 @@ def read_history(datasets: Path) -> list[str] | None:
 def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | None:
     """Add ``version`` to the publish history as the newest (before ``latest`` is switched to it), right after
     the version ``latest`` names now; the versions no longer present are dropped. Return why the history was
-    not written, or None.
+    left alone (something there this tool did not write) or why its folder was not synced, or None.
 
     ``latest``'s version (:func:`latest_version`: a relative or an absolute link to a folder in ``datasets``; a link
     to anything outside it names no version) goes right before ``version`` because it is the last one switched to: a
@@ -417,7 +417,11 @@ def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | Non
 
     Written under a temporary name and renamed; something at its path that this tool did not write (a link,
     a folder, a file without its header) is left as it is and the history goes unwritten: versions are then
-    ordered by their folders' mtime (:func:`list_versions`). The history changes no published byte.
+    ordered by their folders' mtime (:func:`list_versions`). The history changes no published byte. A history that
+    cannot be written (any OSError: a full disk, a folder this account may not write, another account's history in
+    a sticky folder) is an OSError naming it, its cause and what to do, and nothing is switched (fix38n, review
+    rev38f: the switch went on with the history naming only older versions, and retention deleted the version
+    ``latest`` named until then before them); one written whose folder could not be synced is a note.
 
     The versions retention deletes after the switch stay named until the next publish's ``record_switch``, which
     drops them; by design, not rewritten by retention (fix38d): no reader acts on a name alone.
@@ -443,12 +447,35 @@ def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | Non
     kept = [name for name in names or [] if name != version and name not in last and present(name)] + last + [version]
     try:
         write_names(path, HISTORY_HEADER, kept, fsync)
+    except RecordNotSynced as exc:    # written: the order is right unless a power cut brings back the one before
+        return (f"the publish history {path} was written but its folder was not synced ({exc.strerror or exc}): "
+                f"{_remedy(exc.errno, path.parent)}")
     except OSError as exc:
-        what = "was written but its folder was not synced" if isinstance(exc, RecordNotSynced) else "was not written"
-        # the path, not the random temporary name the error names (fix38d), and what to do
-        return (f"the publish history {path} {what} ({exc.strerror or exc}): until a publish writes it, retention "
-                f"takes the versions it does not name for the oldest (by mtime); {_remedy(exc.errno, path.parent)}")
+        # the path, not the random temporary name the error names (fix38d), its cause and what to do; the switch is
+        # refused (fix38n, review rev38f: it went on, and retention took the versions the history did not name, the
+        # one `latest` named until then first, for the oldest)
+        raise OSError(exc.errno, f"the publish history {path} could not be written ({exc.strerror or exc}), so "
+                      f"`latest` was not switched (retention would take the versions it does not name for the "
+                      f"oldest); {_history_remedy(exc.errno, path)} and publish again", str(path)) from exc
     return None
+
+
+def _history_remedy(code: int | None, path: Path) -> str:
+    """What to do about a publish history that could not be replaced: :func:`_remedy`, but for another account's
+    history in a sticky folder (``/tmp``-like, a shared home's ``datasets/``: mode 1777), which only its owner (or
+    root, or the folder's owner) may replace or remove however writable the folder is."""
+    if code in (errno.EACCES, errno.EPERM):
+        try:
+            info, folder = os.lstat(path), os.lstat(path.parent)
+        except OSError:
+            return _remedy(code, path.parent)
+        me = os.geteuid()
+        if folder.st_mode & stat.S_ISVTX and info.st_uid != me and folder.st_uid != me:
+            return (f"it belongs to another account (uid {info.st_uid}) and {path.parent} is sticky (mode "
+                    f"{stat.S_IMODE(folder.st_mode):04o}), so only that account (or root) may replace or remove it: "
+                    f"have it remove {path} (the next publish starts the history afresh, ordering the versions it "
+                    f"does not name by mtime) or publish as that account")
+    return _remedy(code, path.parent)
 
 
 def fsync_dir(path: Path, enabled: bool = True, unsupported_ok: bool = False) -> None:

@@ -161,9 +161,10 @@ def verify_version(path: Path, checksums: bool = False, present: dict[str, os.st
     (:func:`pipelines.publish.versions.walk_tree`): a tree too deep or that cannot be listed is a
     :class:`ManifestMismatch` saying so, never a ``RecursionError`` (review rev37c, noticed).
 
-    ``present``: what a walk of the version made by this publish found (:meth:`pipelines.publish.versions.VersionWalks.present`,
-    given only while nothing that walk rests on changed); the version is then not walked again (fix38d:
-    an unchanged night walked ``latest`` twice).
+    ``present``: the files a walk of the version made by this publish listed, each ``lstat`` afresh now
+    (:meth:`pipelines.publish.versions.VersionWalks.present`, given only while nothing that walk rests on changed);
+    the version is then not walked again (fix38d: an unchanged night walked ``latest`` twice; fix38n: the sizes
+    must be the files' now, not the walk's, review rev38f).
     """
     from pipelines.publish.versions import system_file, walk_entries
 

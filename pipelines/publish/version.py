@@ -193,7 +193,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
             reading.close()                           # nothing more is read from the warehouse
             remove_mode_copies(final, read_manifest(final)["files"])   # a give_modes below killed mid-copy
             try:
-                # the walk for the reuse sources found its files (latest's, nothing changed since): not walked again
+                # the walk for the reuse sources listed its files (latest's, no folder changed since): not listed
+                # again, each file lstat afresh (fix38n: a file truncated in place during the ingest lock's wait)
                 recorded = verify_version(final, checksums=config.verify_checksums, present=walks.present(final))
             except manifest.ManifestMismatch as exc:
                 raise manifest.ManifestMismatch(
@@ -247,6 +248,10 @@ def _switch(home: DataHome, version: str, config: PublishConfig, notes: list[str
     at it, then record which ``split_pairs`` it was published from (outside the version, in ``cache/``: the
     splits build then knows the split ledger holds its users without reading its sidecars,
     :mod:`pipelines.splits.coverage`); what was left alone on the way goes to ``notes`` and stderr.
+
+    A history or a record of switched versions that cannot be written refuses the switch: an OSError naming it,
+    ``latest`` left as it was (fix38n, review rev38f: the history's was a note, and retention then took the versions
+    it did not name for the oldest).
 
     Returns whether the switch is synced: a folder that could not be synced after ``latest`` was renamed
     (:class:`formats.dataset.SwitchNotSynced`, an EIO) does not fail the publish, whose version is live, but is

@@ -19,6 +19,7 @@ from formats.dataset import (
     VERSION_NAME,
     describe,
     fsync_dir,
+    history_file,
     holders_text,
     latest_version,
     list_versions,
@@ -619,7 +620,7 @@ class VersionWalks:
     SETTLE_S = 2.0
 
     def __init__(self) -> None:
-        self.seen: dict[str, tuple[str | None, list[tuple], dict[str, os.stat_result] | None]] = {}
+        self.seen: dict[str, tuple[str | None, list[tuple], list[str] | None]] = {}
         self.walked = 0        # how many walks were made (tests, benchmarks)
         self.latest: str | None = None    # the folder ``latest`` named at :meth:`prime`: its files are kept
 
@@ -636,19 +637,44 @@ class VersionWalks:
         self.walked += 1
         settled = began - self.SETTLE_S
         if all(info is not None and max(info.st_mtime_ns, info.st_ctime_ns) < settled * 1e9 for *_, info in marks):
-            self.seen[key] = (why, marks, present if why is None else None)
+            self.seen[key] = (why, marks, list(present) if why is None and present is not None else None)
         return why
 
     def present(self, folder: Path) -> dict[str, os.stat_result] | None:
-        """The files the walk of ``folder`` found, as :func:`pipelines.publish.manifest.verify_version` compares
-        them with the manifest (``present``), while the verdict on it is given again (nothing it rests on changed);
-        None otherwise (walk it). Kept only for the version ``latest`` named at :meth:`prime`: an unchanged night
-        verifies that version, which the walk for the reuse sources had just walked (fix38d: it
-        was walked twice, ~0.7 s a version of 70,000 files)."""
+        """The files the walk of ``folder`` found, each ``lstat`` afresh now, as
+        :func:`pipelines.publish.manifest.verify_version` compares them with the manifest (``present``), while the
+        verdict on it is given again (nothing it rests on changed: no name added, removed or replaced in any of its
+        folders, so the names are the walk's); None otherwise (walk it). Kept only for the version ``latest`` named
+        at :meth:`prime`: an unchanged night verifies that version, which the walk for the reuse sources had just
+        walked (fix38d: it was walked twice, ~0.7 s a version of 70,000 files). Only the folders' listings are
+        skipped: a file truncated or extended in place since the walk (same name and inode, no folder's times
+        changed) is compared by its size now (fix38n, review rev38f: the walk's sizes were given, read before the
+        ingest lock's unbounded wait, and a shard truncated meanwhile was verified and switched to). Each file is
+        looked at by name in its open folder, as :func:`_unchanged` checks the marks; a file that cannot be is
+        None (walk it)."""
         kept = self.seen.get(os.fspath(folder))
-        if kept is None or kept[2] is None or not _unchanged(folder, kept[1]):
+        if kept is None or kept[2] is None:
             return None
-        return kept[2]
+        marks, files = kept[1], kept[2]
+        folders = {"": 0}          # a folder's path relative to ``folder`` -> the index of its mark
+        paths = {0: ""}
+        for index, (parent, name, info) in enumerate(marks):
+            if index and info is not None and stat.S_ISDIR(info.st_mode) and parent in paths:
+                paths[index] = f"{paths[parent]}/{name}" if paths[parent] else name
+                folders[paths[index]] = index
+        names: dict[int, list[tuple[str, str]]] = {}
+        for rel in files:
+            prefix, _, name = rel.rpartition("/")
+            if prefix not in folders:
+                return None
+            names.setdefault(folders[prefix], []).append((rel, name))
+        now: dict[str, os.stat_result] = {}
+
+        def look(index: int, fd: int) -> None:
+            for rel, name in names.get(index, ()):
+                now[rel] = os.lstat(name, dir_fd=fd)
+
+        return now if _unchanged(folder, marks, look) else None
 
     def prime(self, home: DataHome) -> None:
         """Walk every complete version of ``home`` now (under the publish lock, before the ingest lock is taken)."""
@@ -658,12 +684,14 @@ class VersionWalks:
             self(home.datasets / name)
 
 
-def _unchanged(folder: Path, marks: list[tuple]) -> bool:
+def _unchanged(folder: Path, marks: list[tuple], look: Callable[[int, int], None] | None = None) -> bool:
     """Whether every ``lstat`` in ``marks`` (:func:`made_by_publish`) is still that of the same entry, each looked at
     by name in its open folder as :func:`_walk` walks: a folder entered without following a link and only where it
     is the marked one, left through ``..`` checked to be its parent; one descriptor open at a time, no path longer
     than one name (review rev38a, noticed: by full path, a chain deeper than PATH_MAX failed with ENAMETOOLONG at
-    every check, and its version was walked again each time)."""
+    every check, and its version was walked again each time). ``look(index, fd)``, when given, is called once for
+    each folder of ``marks`` (by its index) once it is checked and open as ``fd`` (:meth:`VersionWalks.present`); an
+    OSError it raises makes the answer False."""
     if not marks or any(info is None for *_, info in marks):
         return False
     try:
@@ -688,6 +716,8 @@ def _unchanged(folder: Path, marks: list[tuple]) -> bool:
                 os.close(fd)
                 fd = child
                 chain.append(index)
+            if look is not None and (not index or stat.S_ISDIR(info.st_mode)):
+                look(index, fd)
     except (OSError, IndexError):
         return False
     finally:
@@ -722,9 +752,23 @@ def apply_retention(home: DataHome, keep: int, notes: list[str] | None = None,
     (:class:`formats.dataset.VersionGone`, or `latest` resolved again), never half removed.
 
     ``walks``: the publish's :class:`VersionWalks`, whose verdicts of :func:`previous_versions` are given again for
-    the versions unchanged since (each version walked once a publish)."""
+    the versions unchanged since (each version walked once a publish).
+
+    Nothing is deleted, with a note, while the publish history (:func:`formats.dataset.read_history`) does not end
+    with the version ``latest`` names, as every switch leaves it: the order of the versions is then not known
+    (fix38n, review rev38f: a switch made without writing the history had retention delete the version ``latest``
+    named until then before older ones)."""
     notes = [] if notes is None else notes
     current = latest_version(home.datasets)
+    history = read_history(home.datasets)
+    if current and history is not None and history[-1:] != [current]:
+        # fix38n (review rev38f): a history that does not end with latest's version (the switch went on without
+        # writing it) would order every version it does not name, latest's until then among them, as the oldest
+        notes.append(terminal_text(
+            f"retention deleted nothing: the publish history {history_file(home.datasets)} does not end with the "
+            f"version `latest` names ({current}), so which versions are the oldest is not known; the next publish "
+            f"that writes the history deletes what is beyond keep_versions"))
+        return []
     made = []
     for name in list_versions(home):
         if name == current:

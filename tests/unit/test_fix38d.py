@@ -6,9 +6,9 @@
 - The publish history keeps naming the versions retention just deleted until the next publish's ``record_switch``:
   harmless (no reader acts on a name without its folder; a version published again under such a name is recorded
   as the newest), pinned here as documented.
-- The history that cannot be written (EACCES, as another account: root writes any folder) is a note naming it and
-  saying what to do; no temporary file is left, ``latest`` stays where it was when the record of switched versions
-  in the same folder cannot be written either.
+- The history that cannot be written (EACCES, as another account: root writes any folder) is named with what to do;
+  no temporary file is left, ``latest`` stays where it was (since fix38n the history's OSError refuses the switch
+  itself: it was a note, and the record of switched versions in the same folder refused it).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_publish_fixtures import make_home
+from test_publish_fixtures import contracts_at, make_home
 
 from formats.dataset import history_file, list_versions, read_history, record_switch, switch_latest, switched_file
 from pipelines.publish import contracts, manifest, versions
@@ -42,19 +42,13 @@ def _count_walks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return walked
 
 
-def _contracts_at(monkeypatch: pytest.MonkeyPatch, shards: str) -> None:
-    """Another version id for the same inputs (the contracts' versions are in it)."""
-    real = contracts.contract_versions
-    monkeypatch.setattr(version_module, "_contract_versions", lambda: {**real(), "shards": shards})
-
-
 # --- (1) an unchanged night walks each version once -----------------------------------------------------------
 
 def test_an_unchanged_night_walks_each_version_once(fast_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(versions.VersionWalks, "SETTLE_S", -60.0)          # as if every version settled long ago
     home = make_home(fast_tmp / "home", num_rankings=40, seed=38)
     first = publish_dataset(home, CONFIG)
-    _contracts_at(monkeypatch, "61.0.0")
+    contracts_at(monkeypatch, "61.0.0")
     second = publish_dataset(home, CONFIG)
     walked = _count_walks(monkeypatch)
     again = publish_dataset(home, CONFIG)                                   # the same inputs: latest's version
@@ -117,9 +111,9 @@ def test_a_deleted_version_named_by_the_history_is_acted_on_by_no_reader(fast_tm
     config = PublishConfig(workers=1, fsync=False, keep_versions=2)
     home = make_home(fast_tmp / "home", num_rankings=40, seed=41)
     a = publish_dataset(home, config)
-    _contracts_at(monkeypatch, "62.0.0")
+    contracts_at(monkeypatch, "62.0.0")
     b = publish_dataset(home, config)
-    _contracts_at(monkeypatch, "63.0.0")
+    contracts_at(monkeypatch, "63.0.0")
     c = publish_dataset(home, config)
     assert c.deleted_versions == [a.version] and not a.path.exists()
     assert read_history(home.datasets) == [a.version, b.version, c.version]    # until the next publish (documented)
@@ -141,7 +135,7 @@ def shared_tmp():
         yield base
 
 
-def test_a_history_that_cannot_be_written_is_a_note_naming_it_and_what_to_do(shared_tmp: Path) -> None:
+def test_a_history_that_cannot_be_written_refuses_the_switch_naming_it_and_what_to_do(shared_tmp: Path) -> None:
     datasets = shared_tmp / "datasets" / "pickapic"
     datasets.mkdir(parents=True)
     for name in ("2026-01-01-aaaaaaaaaa", "2026-01-02-bbbbbbbbbb"):
@@ -158,10 +152,12 @@ def test_a_history_that_cannot_be_written_is_a_note_naming_it_and_what_to_do(sha
     os.chmod(datasets.parent, 0o555)                    # the history's folder: not writable by its account
 
     def check() -> None:
-        note = record_switch(datasets, "2026-01-02-bbbbbbbbbb", fsync=False)
-        assert note is not None and str(path) in note and "Permission denied" in note, note
+        with pytest.raises(OSError) as refused:        # fix38n: the switch is refused, no longer a note
+            record_switch(datasets, "2026-01-02-bbbbbbbbbb", fsync=False)
+        note = str(refused.value)
+        assert refused.value.filename == str(path) and "Permission denied" in note, note
         assert f"make {datasets.parent} writable for this account" in note, note
-        assert "takes the versions it does not name for the oldest" in note and ".tmp" not in note, note
+        assert "`latest` was not switched" in note and ".tmp" not in note, note
         # the record of switched versions beside it cannot be written either: the switch is refused, named
         with pytest.raises(OSError, match="was not switched; make .* writable for this account") as raised:
             switch_latest(datasets, "2026-01-02-bbbbbbbbbb", fsync=False)

@@ -153,6 +153,16 @@ def export_days(table: pa.Table) -> list:
     return sorted(set(table.column("dt").to_pylist()))
 
 
+def contracts_at(monkeypatch, shards: str) -> None:
+    """Another version id for the same inputs: the shards contract's version (in the version id) set to ``shards``
+    for the rest of the test."""
+    from pipelines.publish import contracts
+    from pipelines.publish import version as version_module
+
+    real = contracts.contract_versions
+    monkeypatch.setattr(version_module, "_contract_versions", lambda: {**real(), "shards": shards})
+
+
 def _write_side_tables(home: DataHome, images: list[tuple], days: int) -> None:
     """image_features per day, decisions and quarantine (with planted personal data)."""
     features = get_schema("image_features")
