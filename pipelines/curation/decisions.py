@@ -750,6 +750,35 @@ def body_pattern(phrases: list[str]) -> str:
     return "(?i)(?:" + "|".join(phrase_body(p) for p in sorted(phrases, key=lambda p: (-len(p), p))) + ")"
 
 
+# RE2 class of the ASCII characters that are no letter, digit or underscore, and of the common non-ASCII spaces and
+# the ideographic comma and full stop: a neighbour every guard of :data:`_GUARDS` takes as a boundary, whatever the
+# phrase's kind (tests/unit/test_fix38j.py checks each character against each guard)
+_PLAIN_EDGE = (r"[\x00-\x2F\x3A-\x40\x5B-\x5E\x60\x7B-\x7F\x{A0}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}"
+               r"\x{3000}-\x{3002}\x{FF0C}]")
+
+
+def plain_word_pattern(phrases: list[str]) -> str:
+    """The case-insensitive RE2 of ``phrases``' bodies between spaces, ASCII punctuation or the value's ends (matches
+    nothing if empty): wherever it matches, :func:`phrase_pattern` of the same phrases matches too, whatever their
+    kinds (each guard takes such a neighbour as a boundary: :data:`_PLAIN_EDGE`); it misses a phrase next to any
+    other character, which only the guarded pattern decides. As cheap to compile as :func:`body_pattern` (no
+    Unicode class)."""
+    if not phrases:
+        return _NEVER
+    return f"(?i)(?:^|{_PLAIN_EDGE}){body_pattern(phrases).removeprefix('(?i)')}(?:$|{_PLAIN_EDGE})"
+
+
+def _matching(con: duckdb.DuckDBPyConnection, values: pa.ChunkedArray, left: str, right: str) -> list[pa.ChunkedArray]:
+    """The ``values`` (distinct) that the ``left`` RE2 matches and those ``right`` matches."""
+    con.register("phrase_values", pa.table({"value": values}))
+    table = run_sql(con, "curation_phrase_split", {"left": left, "right": right})
+    return [table.filter(pc.fill_null(table[side], False))["value"] for side in ("left", "right")]
+
+
+def _isin(values: pa.ChunkedArray, among: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.is_in(values, value_set=pa.array(among.to_pylist(), pa.string()))
+
+
 def _phrase_values(con: duckdb.DuckDBPyConnection, values: list[str], elements: list[str],
                    kinds: dict[str, tuple[str, str]] | None) -> dict[str, list[str]]:
     """For each of ``elements`` (phrases, keys or texts, bounded by ``kinds``), the ``values`` its own
@@ -757,18 +786,21 @@ def _phrase_values(con: duckdb.DuckDBPyConnection, values: list[str], elements: 
     value by its guarded pattern, a part that matched is cut in halves, each tested by its unguarded bodies
     (:func:`body_pattern`) only on the values its parent matched, down to single elements; each element is then
     tested by its own guarded pattern on the values its body occurs in. Where both halves' bodies occur in a value,
-    the bodies cannot tell which half holds what its parent matched: the two halves' guarded patterns are tested
-    on those values (one query), and each half goes on with the values only its body occurs in and those its
-    guarded pattern matched; an element is decided on the values its guarded pattern matched there. An alternation
-    matches exactly when one of its bodies does, a guarded match holds its body, and a guarded alternation matches
-    exactly when one of its elements' guarded patterns does (a search: the neighbours a guard consumes do not
-    matter), so the result is that of testing every element's guarded pattern on every value. The guarded RE2s
-    (~7 ms to compile each, slower to scan) number about one for each element whose body occurs in a value where no
-    other element's does, plus one a level for each element really matched (a list of 4,000 phrases of which 3
-    hit: a few dozen cheap queries and a few guarded ones), never one for each element whose body is merely packed
-    inside longer words of a value that holds a matched element: each such element once got its own guarded query
-    on every such value (review rev37g: a prompt stuffing every listed phrase as ``xabcdefx`` cost 0.12 s at 1,000
-    phrases, 100x an ordinary prompt)."""
+    the bodies cannot tell which half holds what its parent matched: the halves are first tested there by their
+    plain words (:func:`plain_word_pattern`, as cheap as bodies: a half so matched holds an element there), and
+    only the halves left in doubt by their guarded patterns, on the values left in doubt (review rev38b); each half
+    goes on with the values only its body occurs in and those its plain words or guarded pattern matched; an
+    element is decided on those. An alternation matches exactly when one of its bodies does, a guarded match holds
+    its body, a plain-word match is a guarded match, and a guarded alternation matches exactly when one of its
+    elements' guarded patterns does (a search: the neighbours a guard consumes do not matter), so the result is
+    that of testing every element's guarded pattern on every value. The guarded RE2s (~7 ms to compile each,
+    slower to scan) number: one a part; one for each element whose body occurs in a value where no other
+    element's does (a list of 4,000 phrases of which 3 hit: a few dozen cheap queries and a few guarded ones);
+    where bodies of both halves occur, at most two a split, and none for a half whose bodies occur as plain words
+    there. So a value holding every listed phrase as a plain word (a pasted list) costs the part's pattern only
+    (fix37g: two a split, 1,999 at 1,000 phrases), and one stuffing every listed phrase inside longer words
+    (``xabcdefx``) about one a level for each element present as a plain word, two if it is glued to other
+    characters (before fix37g one for every stuffed element: 0.12 s a prompt at 1,000 phrases, review rev37g)."""
     found: dict[str, list[str]] = {}
     if not elements or not values:
         return found
@@ -788,10 +820,17 @@ def _phrase_values(con: duckdb.DuckDBPyConnection, values: list[str], elements: 
         if not guarded and len(groups) == 2:
             both = pc.and_(left, right)
             if pc.any(both).as_py():   # both halves' bodies occur in these: their guarded patterns tell which holds
-                con.register("phrase_values", pa.table({"value": table.filter(both)["value"]}))
-                checked = run_sql(con, "curation_phrase_split", {
-                    "left": phrase_pattern(groups[0], kinds), "right": phrase_pattern(groups[1], kinds)})
-                decided = [checked.filter(pc.fill_null(checked[side], False))["value"] for side in ("left", "right")]
+                shared = table.filter(both)["value"]
+                # a half whose bodies occur there as plain words holds a phrase there: no guarded pattern needed
+                # (review rev38b: a prompt pasting the list cost two guarded patterns a phrase); the rest are checked
+                decided = _matching(con, shared, plain_word_pattern(groups[0]), plain_word_pattern(groups[1]))
+                doubt = shared.filter(pc.invert(pc.and_(*(_isin(shared, plain) for plain in decided))))
+                if len(doubt):
+                    checked = _matching(con, doubt, *(
+                        phrase_pattern(group, kinds) if not pc.all(_isin(doubt, plain)).as_py() else _NEVER
+                        for group, plain in zip(groups, decided)))
+                    decided = [pa.chunked_array(plain.chunks + more.filter(pc.invert(_isin(more, plain))).chunks,
+                                                pa.string()) for plain, more in zip(decided, checked)]
                 left, right = pc.and_not(left, both), pc.and_not(right, both)
         for group, hit, sure in zip(groups, (left, right), decided):
             matched = table.filter(hit)["value"]     # its pattern matched (a body: guarded one not tested)
