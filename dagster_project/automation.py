@@ -236,8 +236,12 @@ def app_export_schedule(context: dg.ScheduleEvaluationContext, data_home: Pickap
     # (before the window), whatever their age: the catch-up's horizon follows the clock, so after an outage longer
     # than the slack of SCHEDULED_GAP_DAYS it no longer reached such a gap, and the row was in no raw day. Not
     # before the raw zone's first day: no export marks one (fix36n: its rows are remembered), and exporting an
-    # old marker's day there would start the history anew, a year of empty days caught up after it
-    opened = raw_days[0] if raw_days else days[0]
+    # old marker's day there would start the history anew, a year of empty days caught up after it; nor before the
+    # first real day (review rev38h: an old marker after a stray first day made the stray the history's start)
+    from pipelines.appdb.export import raw_day_counts
+
+    real = real_days(data_home.home(), [day for day in raw_days if day < days[0]], days[0], raw_day_counts)
+    opened = real[0] if real else days[0]
     late = [day for day in late_days(data_home.home()) if day not in window and day not in missed
             and (day in held or (opened < day < days[0] and calendar_day(day)))][:CATCH_UP_DAYS]
     if late:

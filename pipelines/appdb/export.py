@@ -2896,7 +2896,7 @@ def _parse_waiting(handle, limit: int) -> dict[str, array.array]:
             if run is not None:
                 try:
                     batch = array.array("q", map(int, buf[pos:run.end() - 1].split(b",")))
-                except OverflowError:
+                except (OverflowError, ValueError):   # ValueError: past int()'s 4,300 digits (review rev38h)
                     raise damaged(f"an id of {table} is not a 64-bit integer") from None
                 if (ids and ids[-1] >= batch[0]) or not all(map(int.__lt__, batch, batch[1:])):
                     unsorted.add(table)
@@ -2906,7 +2906,7 @@ def _parse_waiting(handle, limit: int) -> dict[str, array.array]:
             if match is not None:
                 try:
                     ids.append(int(match.group(1)))
-                except OverflowError:
+                except (OverflowError, ValueError):   # ValueError: past int()'s 4,300 digits (review rev38h)
                     raise damaged(f"an id of {table} is not a 64-bit integer") from None
                 if len(ids) > 1 and ids[-2] >= ids[-1]:
                     unsorted.add(table)

@@ -13,7 +13,8 @@ from pathlib import Path
 import psycopg
 
 from formats.home import DataHome
-from pipelines.appdb.export import AppExportConfig, export_day, late_days
+from pipelines.appdb.export import AppExportConfig, export_day, late_days, raw_day_counts
+from pipelines.appdb.scheduled import real_days
 from tests.postgres_server import PostgresServer, create_app_database
 
 NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
@@ -95,12 +96,13 @@ def raw_ids(home: DataHome, table: str = "rankings") -> set[int]:
 
 def nightly(home: DataHome, dsn: str, night: str, schedule: bool = False) -> list:
     """The night's export, then the marked days (``schedule``: only those ``app_export_schedule`` requests, the
-    raw days and, fix38i, the days the raw zone lacks after its first and before the night's lookback window)."""
+    raw days and, fix38i, the days the raw zone lacks after its first real day and before the night's lookback window)."""
     reports = [export_day(home, dsn, night, NIGHTLY, now=NOW)]
     first = (dt.date.fromisoformat(night) - dt.timedelta(days=NIGHTLY.lookback_days)).isoformat()
     for marked in late_days(home):
         raw = home.raw_days()
-        if not schedule or marked in raw or (raw and raw[0] < marked < first):
+        real = real_days(home, [day for day in raw if day < first], first, raw_day_counts)
+        if not schedule or marked in raw or (real and real[0] < marked < first):
             reports.append(export_day(home, dsn, marked, NIGHTLY, now=NOW))
     return reports
 

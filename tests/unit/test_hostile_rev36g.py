@@ -51,7 +51,8 @@ from appdb_fixtures import MARCH_FIRST, NIGHTLY, NOW, exported_app, move_ranking
 
 from formats.home import DataHome
 from pipelines.appdb import export as app_export
-from pipelines.appdb.export import UNDATED_STATE, export_day, late_days
+from pipelines.appdb.export import UNDATED_STATE, export_day, late_days, raw_day_counts
+from pipelines.appdb.scheduled import real_days
 from tests.postgres_server import postgres_server  # noqa: F401 - fixture
 
 
@@ -66,8 +67,9 @@ def _schedule_night(home: DataHome, dsn: str, night: str) -> list:
               for k in range(NIGHTLY.lookback_days + 1)]
     missed = missing_days(home, first)[:CATCH_UP_DAYS]
     raw = home.raw_days()
+    real = real_days(home, [d for d in raw if d < first], first, raw_day_counts)
     late = [d for d in late_days(home) if d not in window and d not in missed
-            and (d in raw or (raw and raw[0] < d < first))]
+            and (d in raw or (real and real[0] < d < first))]
     return [export_day(home, dsn, d, NIGHTLY, now=NOW) for d in sorted(set(missed) | set(late)) + window]
 
 

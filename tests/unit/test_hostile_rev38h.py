@@ -40,7 +40,6 @@ from tests.postgres_server import postgres_server  # noqa: F401 - fixture
 HUGE = b"1" * 5000          # past int()'s 4,300-digit limit
 
 
-@pytest.mark.xfail(strict=True, reason="rev38h: an id past 4,300 digits raises ValueError, not WaitingDamaged")
 @pytest.mark.parametrize("text", [b'{"rankings": [' + HUGE + b', 7]}', b'{"rankings": [7, ' + HUGE + b']}'])
 def test_an_id_of_thousands_of_digits_is_damaged_not_a_crash(tmp_path, text) -> None:
     home = DataHome.at(tmp_path / "home")
@@ -51,7 +50,6 @@ def test_an_id_of_thousands_of_digits_is_damaged_not_a_crash(tmp_path, text) -> 
         _load_waiting(home, "2023-02-15")
 
 
-@pytest.mark.xfail(strict=True, reason="rev38h: an id past 4,300 digits in a waiting file crashes the export")
 def test_the_nightly_export_names_a_file_with_a_huge_id(postgres_server, tmp_path):  # noqa: F811
     _total, dsn, home = _three_waiting(postgres_server, tmp_path)
     path = home.cache / MOVED_WAITING / "dt=2023-02-15.json"
@@ -62,7 +60,6 @@ def test_the_nightly_export_names_a_file_with_a_huge_id(postgres_server, tmp_pat
     assert path.read_bytes() == b'{"rankings": [' + HUGE + b"]}"
 
 
-@pytest.mark.xfail(strict=True, reason="rev38h: a marker between a stray first day and the history restarts it there")
 def test_a_stale_marker_after_a_stray_first_day_does_not_restart_the_history(postgres_server, tmp_path,  # noqa: F811
                                                                                monkeypatch):
     _schedule_env(monkeypatch)
