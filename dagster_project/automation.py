@@ -18,8 +18,8 @@ The nightly path runs by itself wherever a Dagster daemon runs for the home (``p
   the raw zone, adding them as partitions, and before them up to ``CATCH_UP_DAYS`` days the raw zone lacks
   (missed nights, failed exports; see ``missing_days``) and the days an earlier export found lacking rows
   committed after their last export (``pipelines.appdb.export.late_rows``) or marked for rows moved there,
-  raw days or days the raw zone lacks after its first, whatever their age (fix38i); the raw-day sensor then
-  ingests the days whose files changed.
+  raw days or days the raw zone lacks after its first real day, whatever their age (fix38i); the raw-day
+  sensor then ingests the days whose files changed.
 
 While a `pickapic build` holds the home's build lock, the nightly and both sensors request nothing and say so
 (:func:`build_skip_reason`; review rev32e: between the build's runs they saw nothing running and requested its days

@@ -108,9 +108,9 @@ class ScheduledDays:
     day, the fewer gaps held (more rows remembered, none lost); '' (no clock) is the raw zone's last day alone.
 
     Fix38i: the guarantee no longer rests on the slack alone. A gap held here when its row was marked is requested
-    by ``app_export_schedule`` as a marked day the raw zone lacks (after its first day), however many nights the
-    schedule missed since (an outage longer than CATCH_UP_DAYS nights took the gap past every coming catch-up's
-    horizon: the row was in no raw day); its export writes the day and clears the marker."""
+    by ``app_export_schedule`` as a marked day the raw zone lacks (after its first real day), however many nights
+    the schedule missed since (an outage longer than CATCH_UP_DAYS nights took the gap past every coming
+    catch-up's horizon: the row was in no raw day); its export writes the day and clears the marker."""
 
     def __init__(self, home: DataHome, raw_days: list[str], raw_day_counts: DayCounts, newest: str = "") -> None:
         self.home, self.days, self.held = home, list(raw_days), set(raw_days)
