@@ -3087,6 +3087,10 @@ def _load_waiting(home: DataHome, day: str) -> dict[str, array.array]:
             raise WaitingDamaged("not a regular file")
         if info.st_size > MOVED_WAITING_MAX_BYTES:
             raise WaitingDamaged(f"{info.st_size} bytes, more than the {MOVED_WAITING_MAX_BYTES} such a file may hold")
+        # read blocking, as formats.files.read_limited reads (fix38l): O_NONBLOCK only kept a FIFO from being waited
+        # on at the open; a FUSE file system honouring it answers a read "try again", which was taken for the end
+        # of the file and the file for damaged (final read of the thirty-eighth session)
+        os.set_blocking(fd, True)
         with open(fd, "rb", buffering=0, closefd=False) as handle:
             return _parse_waiting(handle, MOVED_WAITING_MAX_BYTES)
     finally:
