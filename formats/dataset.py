@@ -315,8 +315,10 @@ def record_switched(datasets: Path, versions: Iterable[str], fsync: bool = True)
     names = read_switched(datasets)
     if names is None:
         if os.path.lexists(path):
-            return (f"{path} is {describe(path)} that is not a record this tool wrote: left as it is, so every "
-                    "present version counts as published; remove it to let the publish keep the record again")
+            said = "every present version counts as published"
+            return _unreadable(path, said) or (
+                f"{path} is {describe(path)} that is not a record this tool wrote: left as it is, so {said}; remove "
+                "it to let the publish keep the record again")
         names = set()
         entries: list[Path] = []
         with contextlib.suppress(OSError):
@@ -335,6 +337,32 @@ def record_switched(datasets: Path, versions: Iterable[str], fsync: bool = True)
         raise OSError(exc.errno, f"the record of switched versions {what} ({exc.strerror or exc}), so `latest` was "
                       f"not switched; {_remedy(exc.errno, path.parent)} and publish again", str(path)) from exc
     return None
+
+
+def _unreadable(path: Path, said: str) -> str | None:
+    """Why the regular file at ``path`` (a record this tool keeps) is not read, where this account may not read it
+    (EACCES, EPERM: another account's file of mode 0600), with whose it is and what to do; None where it can be
+    opened or is not a regular file (then it is not a record this tool wrote). Noticed in fix38n: such a file was
+    reported as one this tool did not write, and the operator was sent to remove a record the tool had written."""
+    try:
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC))  # never waits on a FIFO
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM):
+            return None
+        cause = exc.strerror or os.strerror(exc.errno)
+    else:
+        return None
+    mode = f"mode {stat.S_IMODE(info.st_mode):04o}"
+    if info.st_uid != os.geteuid():
+        whose = f"another account's file (uid {info.st_uid}), {mode}"
+        fix = f"have that account make it readable to this one (chmod a+r {path}), or publish as that account"
+    else:
+        whose = f"this account's file, {mode}"
+        fix = f"make it readable (chmod u+r {path})"
+    return f"{path} could not be read by this account ({cause}: {whose}): left as it is, so {said}; {fix}"
 
 
 def _remedy(code: int | None, folder: Path) -> str:
@@ -435,9 +463,10 @@ def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | Non
     path = history_file(datasets)
     names = read_history(datasets)
     if names is None and os.path.lexists(path):
-        return (f"{path} is {describe(path)} that is not a publish history this tool wrote: left as it is, so "
-                f"versions are ordered by their folders' modification time; remove it to let the publish keep "
-                f"the history again")
+        said = "versions are ordered by their folders' modification time"
+        return _unreadable(path, said) or (
+            f"{path} is {describe(path)} that is not a publish history this tool wrote: left as it is, so {said}; "
+            "remove it to let the publish keep the history again")
 
     def present(name: str) -> bool:
         return is_real_folder(datasets / name)

@@ -32,7 +32,12 @@ def published_dataset(context: dg.AssetExecutionContext, config: PublishRunConfi
     home = data_home.home()
     settings = stage_config("publish", config, home, context)
     settle = version_at_start(context, "publish", home, settings)
-    report = publish_dataset(home, settings)
+    try:
+        report = publish_dataset(home, settings)
+    except OSError as exc:      # a refused switch: the notes the publish collected until then (fix39b)
+        for note in getattr(exc, "publish_notes", []):
+            step_warning(context.log, note)
+        raise
     context.log.info(f"published version {report.version}")
     version = settle()
     # review rev30b: the training JPEGs of images no warehouse day holds any more (an erased account's) are removed

@@ -251,22 +251,27 @@ def _switch(home: DataHome, version: str, config: PublishConfig, notes: list[str
 
     A history or a record of switched versions that cannot be written refuses the switch: an OSError naming it,
     ``latest`` left as it was (fix38n, review rev38f: the history's was a note, and retention then took the versions
-    it did not name for the oldest).
+    it did not name for the oldest). The notes collected until then are on stderr first and go with the error as
+    its ``publish_notes`` (fix39b: a refused switch showed none of them, the Dagster asset logged none).
 
     Returns whether the switch is synced: a folder that could not be synced after ``latest`` was renamed
     (:class:`formats.dataset.SwitchNotSynced`, an EIO) does not fail the publish, whose version is live, but is
     noted, and retention waits for the next publish (a power cut could bring back the link to the version before;
     review rev33h: the publish failed with the version live, naming nothing)."""
-    note = record_switch(home.datasets, version, config.fsync)
-    if note:
-        notes.append(note)
-    for note in notes:
+    for note in notes:      # before a refusal too (noticed in fix38n: a refused switch printed none of them)
         print(f"publish: {note}", file=sys.stderr, flush=True)
     synced = True
     try:
+        note = record_switch(home.datasets, version, config.fsync)
+        if note:
+            notes.append(note)
+            print(f"publish: {note}", file=sys.stderr, flush=True)
         note = switch_latest(home.datasets, version, config.fsync)
     except SwitchNotSynced as exc:
         synced, note = False, f"{exc}; retention is left to the next publish"
+    except OSError as exc:  # the switch refused: the notes go with the error (the Dagster asset logs them)
+        exc.publish_notes = list(notes)   # type: ignore[attr-defined]
+        raise
     if note:
         notes.append(note)
         print(f"publish: {note}", file=sys.stderr, flush=True)
