@@ -221,3 +221,17 @@ class HeldDetector:
         if not gate("go_on").wait(60):
             raise RuntimeError("gate go_on never opened")
         return FakeDetector()
+
+
+def in_memory_pipeline():
+    """A ``beam.Pipeline`` on the feature stage's own local runner (``pipeline_runner``: Beam's FnApiRunner, in
+    memory), as the stage builds it. Not ``beam.Pipeline(runner="DirectRunner")``: Beam's DirectRunner first starts
+    Prism, whose job server makes ``$TMPDIR/beam-tempXXXX`` and, offline, fails to start without removing it
+    (fix39d: one such folder left in /tmp per test run)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.features.runner import pipeline_runner
+
+    options = PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])
+    return beam.Pipeline(runner=pipeline_runner(options), options=options)

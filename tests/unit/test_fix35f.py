@@ -14,7 +14,7 @@ from pathlib import Path
 
 import apache_beam as beam
 import pytest
-from test_features_fixtures import fake_detector, png, write_day
+from test_features_fixtures import fake_detector, in_memory_pipeline, png, write_day
 
 from formats.home import DataHome
 from formats.locks import SCRATCH_MARKER, ScratchFolderUnusable, held_scratch_folder, sweep_scratch_folders
@@ -97,8 +97,7 @@ def test_the_feature_stage_warns_and_matches_a_build_with_a_real_cache_tmp(tmp_p
 def test_beams_own_removal_of_its_temp_folder_leaves_the_held_folder_marked(tmp_path: Path, systmp: Path) -> None:
     scratch = tmp_path / "cache" / "tmp"
     with held_scratch_folder(scratch, "beam-") as folder:
-        with beam.Pipeline(runner="DirectRunner", options=beam.options.pipeline_options.PipelineOptions(
-                ["--direct_running_mode=in_memory"])) as pipeline:
+        with in_memory_pipeline() as pipeline:
             stage._local_tempdir_in(pipeline, folder)
             (Path(pipeline.local_tempdir) / "artifact").write_bytes(b"x")   # what an external transform writes
             _ = pipeline | beam.Create([1]) | beam.Map(lambda x: x)
@@ -122,8 +121,7 @@ def test_a_run_killed_while_beam_removed_its_temp_folder_is_swept(tmp_path: Path
 def test_a_shutil_rmtree_of_the_pipeline_folder_cannot_reach_the_marker(tmp_path: Path) -> None:
     scratch = tmp_path / "cache" / "tmp"
     with held_scratch_folder(scratch, "beam-") as folder:
-        with beam.Pipeline(runner="DirectRunner", options=beam.options.pipeline_options.PipelineOptions(
-                ["--direct_running_mode=in_memory"])) as pipeline:
+        with in_memory_pipeline() as pipeline:
             made = pipeline.local_tempdir
             stage._local_tempdir_in(pipeline, folder)
             assert not os.path.lexists(made)          # Beam's own folder in the system temp folder removed at once

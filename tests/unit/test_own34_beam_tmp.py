@@ -11,7 +11,7 @@ from pathlib import Path
 
 import apache_beam as beam
 import pytest
-from test_features_fixtures import fake_detector, png, write_day
+from test_features_fixtures import fake_detector, in_memory_pipeline, png, write_day
 
 from formats.home import DataHome
 from formats.locks import SCRATCH_MARKER, held_scratch_folder
@@ -37,8 +37,7 @@ def test_the_pipeline_temp_folder_is_the_held_scratch_folder(tmp_path: Path) -> 
     scratch = tmp_path / "cache" / "tmp"
     before = _beam_temps()
     with held_scratch_folder(scratch, "beam-") as folder:
-        with beam.Pipeline(runner="DirectRunner", options=beam.options.pipeline_options.PipelineOptions(
-                ["--direct_running_mode=in_memory"])) as pipeline:
+        with in_memory_pipeline() as pipeline:
             stage._local_tempdir_in(pipeline, folder)
             assert pipeline.local_tempdir == str(folder / stage.BEAM_TEMP_SUBFOLDER)   # inside it (fix35f)
             _ = pipeline | beam.Create([1, 2]) | beam.Map(lambda x: x + 1)
