@@ -405,19 +405,50 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def open_regular_file(path: Path | str) -> io.FileIO:
-    """``path`` opened to read (unbuffered) if it is a regular file, following symlinks; anything else
-    raises ``OSError(EINVAL)``. The type is checked on the open file, so a FIFO swapped in after an
-    earlier check is never waited on (``O_NONBLOCK``, which changes nothing for a regular file) and a
-    device that never ends is never read."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+class NotRegularFile(ValueError):
+    """:func:`open_regular` met something that is not a regular file (a FIFO, a device, a folder)."""
+
+
+class FileTooLarge(ValueError):
+    """:func:`open_regular` met a file of more than the bytes allowed (``size``, ``limit``)."""
+
+    def __init__(self, path: Path | str, size: int, limit: int) -> None:
+        super().__init__(f"{path} holds {size} bytes, more than the {limit} such a file may: not read")
+        self.size, self.limit = size, limit
+
+
+def open_regular(path: Path | str, *, max_bytes: int | None = None, follow_symlinks: bool = True) -> io.FileIO:
+    """``path`` opened to read (unbuffered, blocking) when it is a regular file of at most ``max_bytes`` (any size
+    when None): the checks every reader of a file here makes, in one place (noticed in fix38m: three copies).
+    ``OSError`` where it cannot be opened (``FileNotFoundError``: nothing there; ELOOP: a symbolic link when
+    ``follow_symlinks`` is False, never followed then); :class:`NotRegularFile` (a FIFO, a device, a folder) and
+    :class:`FileTooLarge` (the open file's size), both ``ValueError`` naming the path. The type is checked on the open
+    file, so a FIFO swapped in after an earlier check is never waited on (``O_NONBLOCK`` at the open) and a device that
+    never ends is never read; a regular file is then read blocking (fix38l: a FUSE file system honouring
+    ``O_NONBLOCK`` may answer a read "try again"). The caller reads on (a file may grow after its size was looked
+    at: :func:`read_limited` reads at most one byte past ``max_bytes``)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFile(f"{path} is not a regular file: not read")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise FileTooLarge(path, info.st_size, max_bytes)
+        os.set_blocking(fd, True)
         return io.FileIO(fd, "rb", closefd=True)
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_regular_file(path: Path | str) -> io.FileIO:
+    """``path`` opened to read (unbuffered) if it is a regular file, following symlinks (:func:`open_regular`);
+    anything else raises ``OSError(EINVAL)``."""
+    try:
+        return open_regular(path)
+    except NotRegularFile:
+        raise OSError(errno.EINVAL, "not a regular file", str(path)) from None
 
 
 def open_regular_in_real_folder(path: Path | str) -> io.FileIO | None:
@@ -498,33 +529,22 @@ def read_limited(path: Path | str, max_bytes: int, *, follow_symlinks: bool = Tr
     whole). A regular file is read blocking (``O_NONBLOCK`` only kept a FIFO from being waited on at the open: a
     FUSE file system that honours it may answer a read "try again"); a read that still answers so is an ``OSError``
     (EAGAIN), never taken for the end of the file (noticed in rev38d: the bytes read so far were returned)."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
-    fd = os.open(path, flags)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{path} is not a regular file: not read")
-        if info.st_size > max_bytes:
-            raise ValueError(f"{path} holds {info.st_size} bytes, more than the {max_bytes} such a file may: not read")
-        os.set_blocking(fd, True)
+    with open_regular(path, max_bytes=max_bytes, follow_symlinks=follow_symlinks) as handle:
         parts, total = [], 0
-        with open(fd, "rb", buffering=0, closefd=False) as handle:
-            # what fstat says, and one byte more to see it grew; a read allocates what it asks for, so never
-            # max_bytes + 1 at once (fix38h: each manifest read allocated 256 MiB); growth read 1 MiB at a time
-            want = min(info.st_size, max_bytes) + 1
-            while total <= max_bytes:
-                part = handle.read(want)
-                if part is None:      # "try again" from a descriptor still non-blocking: not the end of the file
-                    raise OSError(errno.EAGAIN, f"read of {total} bytes, then the file system answered "
-                                                "'try again': not read whole", str(path))
-                if not part:
-                    break
-                parts.append(part)
-                total += len(part)
-                want = min(1 << 20, max_bytes + 1 - total)
+        # what fstat says, and one byte more to see it grew; a read allocates what it asks for, so never
+        # max_bytes + 1 at once (fix38h: each manifest read allocated 256 MiB); growth read 1 MiB at a time
+        want = min(os.fstat(handle.fileno()).st_size, max_bytes) + 1
+        while total <= max_bytes:
+            part = handle.read(want)
+            if part is None:      # "try again" from a descriptor still non-blocking: not the end of the file
+                raise OSError(errno.EAGAIN, f"read of {total} bytes, then the file system answered "
+                                            "'try again': not read whole", str(path))
+            if not part:
+                break
+            parts.append(part)
+            total += len(part)
+            want = min(1 << 20, max_bytes + 1 - total)
         data = parts[0] if len(parts) == 1 else b"".join(parts)
-    finally:
-        os.close(fd)
     if len(data) > max_bytes:
         raise ValueError(f"{path} grew past the {max_bytes} bytes such a file may hold while it was read: not read")
     return data

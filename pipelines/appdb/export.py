@@ -56,8 +56,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from formats import rawlines
 from formats.files import (
+    FileTooLarge,
+    NotRegularFile,
     atomic_path,
     lstat_or_none,
+    open_regular,
     open_regular_file,
     read_small_file,
     sha256_file,
@@ -2824,11 +2827,16 @@ MOVED_WAITING_MAX_BYTES = 64 << 20           # review rev38e: ~3 million ids a t
 WAITING_BATCH = 10_000                       # ids a row_days look-up of the waiting rows passes at a time
 WAITING_READ_BYTES = 1 << 18                 # a MOVED_WAITING file is parsed this many bytes at a time (rev38e)
 WAITING_WRITE_IDS = 1 << 14                  # ids turned into text at a time when one is written
+WAITING_RUN_BYTES = 1 << 14                  # ids parsed at a time: this many bytes of a piece (fix39c)
+WAITING_COMPACT_IDS = 1 << 16                # ids out of order sorted, each once, whenever their array doubles past
+#                                              this (fix39c: a file of one id repeated, 2 bytes an id, took 6.6x its
+#                                              size as int64s and the sort's copies; now the ids it holds, once)
 # review rev38e: a MOVED_WAITING file that is not as the export writes it (truncated, hand-edited, not a regular
 # file, too large) may be the only record of its rows: it is never read as "no rows" and never replaced; a writer
-# that meets it moves it aside to dt=DAY.json.damaged (.damaged-2, -3, ... where that name is taken), and every
+# that meets it moves it aside to dt=DAY.json.damaged (-N where that name is taken: fix39c), and every
 # export names it (in place or moved aside) until someone deletes it
 DAMAGED_WAITING = ".damaged"
+SET_ASIDE_WHY = "moved aside as damaged by an earlier export"
 
 
 class WaitingDamaged(ValueError):
@@ -2858,6 +2866,7 @@ def _parse_waiting(handle, limit: int) -> dict[str, array.array]:
     export does not write or twice, an id that is not an int64, more than ``limit`` bytes."""
     out = {table: array.array("q") for table in RAW_TABLES}
     unsorted: set[str] = set()
+    compact_at: dict[str, int] = {}     # an unsorted table's ids are sorted, each once, past this many (fix39c)
     seen: set[str] = set()
     buf, pos, final, offset, state, table = b"", 0, False, 0, "open", ""
 
@@ -2892,8 +2901,8 @@ def _parse_waiting(handle, limit: int) -> dict[str, array.array]:
                 match, next_state = _W_IDS.match(buf, pos), "ids"
         elif state == "ids":
             ids = out[table]
-            run = _W_RUN.match(buf, pos)
-            if run is not None:
+            # fix39c: a run WAITING_RUN_BYTES at a time (the split's bytes objects: ~40 bytes an id of the slice)
+            while (run := _W_RUN.match(buf, pos, pos + WAITING_RUN_BYTES)) is not None:
                 try:
                     batch = array.array("q", map(int, buf[pos:run.end() - 1].split(b",")))
                 except (OverflowError, ValueError):   # ValueError: past int()'s 4,300 digits (review rev38h)
@@ -2902,6 +2911,9 @@ def _parse_waiting(handle, limit: int) -> dict[str, array.array]:
                     unsorted.add(table)
                 ids.extend(batch)
                 pos = run.end()
+                if table in unsorted and len(ids) > compact_at.get(table, WAITING_COMPACT_IDS):
+                    _sort_once(ids)        # fix39c: repeated ids (2 bytes each, "0,0,...") kept once as they come
+                    compact_at[table] = 2 * len(ids) + WAITING_COMPACT_IDS
             match, next_state = _W_LAST.match(buf, pos), "after"
             if match is not None:
                 try:
@@ -3072,51 +3084,56 @@ def _load_waiting(home: DataHome, day: str) -> dict[str, array.array]:
     a piece at a time (:func:`_parse_waiting`: 8 bytes an id); a file that is not as the export writes it (not a
     regular file, larger than MOVED_WAITING_MAX_BYTES, not that JSON) raises :class:`WaitingDamaged`, never reads as
     no rows (it may be the only record of them); OSError where it cannot be read."""
-    out = {table: array.array("q") for table in RAW_TABLES}
-    try:
-        fd = os.open(_waiting_path(home, day), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:      # the checks of every reader here (formats.files.open_regular, fix39c: they were repeated here)
+        handle = open_regular(_waiting_path(home, day), max_bytes=MOVED_WAITING_MAX_BYTES, follow_symlinks=False)
     except FileNotFoundError:
-        return out
+        return {table: array.array("q") for table in RAW_TABLES}
+    except NotRegularFile:
+        raise WaitingDamaged("not a regular file") from None
+    except FileTooLarge as exc:
+        raise WaitingDamaged(f"{exc.size} bytes, more than the {exc.limit} such a file may hold") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise WaitingDamaged("a symbolic link") from None
         raise
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise WaitingDamaged("not a regular file")
-        if info.st_size > MOVED_WAITING_MAX_BYTES:
-            raise WaitingDamaged(f"{info.st_size} bytes, more than the {MOVED_WAITING_MAX_BYTES} such a file may hold")
-        # read blocking, as formats.files.read_limited reads (fix38l): O_NONBLOCK only kept a FIFO from being waited
-        # on at the open; a FUSE file system honouring it answers a read "try again", which was taken for the end
-        # of the file and the file for damaged (final read of the thirty-eighth session)
-        os.set_blocking(fd, True)
-        with open(fd, "rb", buffering=0, closefd=False) as handle:
-            return _parse_waiting(handle, MOVED_WAITING_MAX_BYTES)
-    finally:
-        os.close(fd)
+    with handle:    # read blocking (fix38q: a FUSE 'try again' was taken for the end, the file for damaged)
+        return _parse_waiting(handle, MOVED_WAITING_MAX_BYTES)
+
+
+_ASIDE_NUMBER_DIGITS = 18      # a set-aside number an export reaches (one a night): a longer one was planted
 
 
 def _set_aside(home: DataHome, day: str) -> Path:
     """Move ``day``'s damaged MOVED_WAITING file aside (review rev38e; the caller holds UNDATED_LOCK) to
-    dt=DAY.json.damaged, or -2, -3, ... where that name is taken: never over another file. OSError raised."""
+    dt=DAY.json.damaged, else -N, N one past the highest number there (fix39c: -2 ... -999 were tried and the
+    1,000th file raised EEXIST, its day's rows written no more): never over another file, never out of names (a
+    planted number of more than 18 digits is passed over). OSError raised where it cannot be moved."""
     path = _waiting_path(home, day)
-    for number in range(1, 1000):
-        aside = path.with_name(path.name + DAMAGED_WAITING + ("" if number == 1 else f"-{number}"))
+    prefix = path.name + DAMAGED_WAITING
+    aside, last = path.with_name(prefix), 1
+    while True:
         try:
             os.link(path, aside, follow_symlinks=False)      # never replaces a file there
         except FileExistsError:
-            continue
+            pass
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
                 raise
-            if lstat_or_none(aside) is not None:              # a folder (no hard link): renamed to a free name
-                continue
-            os.rename(path, aside)
+            if lstat_or_none(aside) is None:                  # no hard link here: renamed to the free name
+                os.rename(path, aside)
+                return aside
+        else:
+            os.unlink(path)
             return aside
-        os.unlink(path)
-        return aside
-    raise OSError(errno.EEXIST, "no free name to move the damaged file aside to", str(path))
+        number = max(_next_aside_number(home, prefix), last + 1)    # the name tried is taken: past it
+        aside, last = path.with_name(f"{prefix}-{number}"), number
+
+
+def _next_aside_number(home: DataHome, prefix: str) -> int:
+    """One past the highest N of the names ``prefix``-N in MOVED_WAITING (N of at most 18 digits), at least 2."""
+    pattern = re.compile(re.escape(prefix) + r"-([1-9][0-9]{0,%d})" % (_ASIDE_NUMBER_DIGITS - 1))
+    return max([1, *(int(match.group(1)) for name in _waiting_names(home)
+                     if (match := pattern.fullmatch(name)) is not None)]) + 1
 
 
 def _waiting_to_change(home: DataHome, day: str) -> dict[str, array.array]:
@@ -3249,8 +3266,7 @@ def watch_waiting(conn: psycopg.Connection, home: DataHome, day: str) -> Waiting
                     look_up()
     if pending:
         look_up()
-    watch.damaged += [(str(home.cache / MOVED_WAITING / name), "moved aside as damaged by an earlier export")
-                      for name in _set_aside_names(home)]
+    watch.damaged += [(str(home.cache / MOVED_WAITING / name), SET_ASIDE_WHY) for name in _set_aside_names(home)]
     return watch
 
 
@@ -3258,7 +3274,9 @@ def damaged_waiting_warning(damaged: list[tuple[str, str]]) -> str:
     """Review rev38e: one line naming the MOVED_WAITING files no export can read (``WaitingWatch.damaged``), each
     night until someone deletes them: the rows only they list are in no raw day and named by nothing else."""
     days = sorted({Path(path).name[3:13] for path, _ in damaged})
-    return (f"{len(damaged)} file(s) listing app rows moved to a day before the raw zone's first or not closed yet "
+    aside = sum(why == SET_ASIDE_WHY for _, why in damaged)       # fix39c: how many a broken writer has left
+    return (f"{len(damaged)} file(s)" + (f" ({aside} of them moved aside as damaged)" if aside else "")
+            + " listing app rows moved to a day before the raw zone's first or not closed yet "
             "cannot be read as the export writes them, so the rows they list (which may be recorded nowhere else) "
             "are not looked up or named: "
             + "; ".join(f"{path} ({why})" for path, why in damaged[:FIRST_IDS])
