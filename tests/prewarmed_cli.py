@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 # what every `pickapic build` imports (the mounted CLI, the build, the definitions and their stages)
@@ -151,3 +153,25 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def pickapic_env() -> dict[str, str]:
+    """This process's environment for a `pickapic` command: the repository first on PYTHONPATH, no home, Dagster home
+    or fault injection of the test run's own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PICKAPIC_FAULT", "PICKAPIC_HOME", "DAGSTER_HOME")}
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+@pytest.fixture
+def prewarmed_cli() -> PrewarmedCli:
+    """A server for one test's `pickapic` runs (import this fixture into the test module)."""
+    with PrewarmedCli(pickapic_env()) as server:
+        yield server
+
+
+def build_stdout(cli: PrewarmedCli, home: Path, *args: str) -> str:
+    """`pickapic build --home HOME ARGS` run by ``cli``, which must succeed; its stdout."""
+    done = cli.completed(["build", "--home", str(home), *args], pickapic_env(), 600, home.parent)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout
