@@ -53,8 +53,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -62,8 +60,8 @@ import pytest
 from formats.home import DataHome
 from formats.settings import write_settings
 from simulator import SimConfig, simulate
-from tests.conftest import default_signals
 from tests.fast_tmp import fast_folder
+from tests.prewarmed_cli import PLAIN, PrewarmedCli, Timeout
 
 REPO = Path(__file__).resolve().parents[2]
 SIM = SimConfig(days=3, users=12, rankings_per_day=25, image_size=64, seed=3)
@@ -116,23 +114,23 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _run(code: str | None, args: list[str], log: Path, **extra: str) -> int:
-    """Run `pickapic ARGS` (through ``code`` when given) in its own session; wait for its whole group to be gone."""
-    command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "dagster_project.cli", *args]
-    with open(log, "ab") as handle:
-        proc = subprocess.Popen(command, cwd=REPO, env=_env(**extra), stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=default_signals)
+def _run(cli: PrewarmedCli, code: str | None, args: list[str], log: Path, **extra: str) -> int:
+    """Run `pickapic ARGS` (through ``code`` when given) in its own session; wait for it, then SIGKILL what is left of
+    its group (a worker left behind must not write on). The process is forked from ``cli``'s server, which has
+    imported the CLI and its stages once (``tests/prewarmed_cli.py``): a run here is otherwise a new
+    ``python -c CODE ARGS`` in its own session, whose group the kill hook SIGKILLs."""
     try:
-        proc.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        return cli.run(code or PLAIN, args, log, _env(**extra), TIMEOUT)
+    except Timeout:
         pytest.fail(f"{args} ran past {TIMEOUT}s; log:\n{log.read_text(errors='replace')[-3000:]}")
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)   # a worker left behind must not write on
-    except ProcessLookupError:
-        pass
-    return proc.returncode
+
+
+@pytest.fixture(scope="module")
+def cli() -> PrewarmedCli:
+    """The server the module's `pickapic` runs are forked from (17 builds: each would import Dagster, Beam and
+    DuckDB again, most of a small build's time)."""
+    with PrewarmedCli(_env()) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +182,7 @@ NIGHTLY_KILLS = [
 
 
 @pytest.fixture(scope="module")
-def crashed_nightly(tmp_path_factory, raw_zone):
+def crashed_nightly(tmp_path_factory, raw_zone, cli):
     """A home whose first build (days 1-2) was SIGKILLed at each of FIRST_KILLS, then finished, and whose day-3
     nightly was SIGKILLed at each of NIGHTLY_KILLS, then rerun to success.
 
@@ -195,18 +193,18 @@ def crashed_nightly(tmp_path_factory, raw_zone):
         seen = {}
 
         def kill(pattern: str, nth: int, *args: str) -> None:
-            code = _run(KILL_AT_RENAME, ["build", "--home", str(home.root), *args], log,
+            code = _run(cli, KILL_AT_RENAME, ["build", "--home", str(home.root), *args], log,
                         REV29B_KILL_RE=pattern, REV29B_KILL_N=str(nth))
             assert code == -signal.SIGKILL, f"{pattern}: exit {code}; log:\n{log.read_text()[-3000:]}"
             seen[(pattern, args)] = [t for top in ("warehouse", "blobs", "cache", "datasets") for t in _temps(home, top)]
 
         for pattern, nth in FIRST_KILLS:
             kill(pattern, nth, "--to", DAY2)
-        assert _run(None, ["build", "--home", str(home.root), "--to", DAY2], log) == 0, log.read_text()[-3000:]
+        assert _run(cli, None, ["build", "--home", str(home.root), "--to", DAY2], log) == 0, log.read_text()[-3000:]
         for pattern, nth in NIGHTLY_KILLS:
             kill(pattern, nth)
         final = folder / "final.log"
-        code = _run(None, ["build", "--home", str(home.root)], final)
+        code = _run(cli, None, ["build", "--home", str(home.root)], final)
         yield home, seen, code, final.read_text(errors="replace")
 
 
@@ -217,11 +215,11 @@ def _left_after_rerun(crashed_nightly, tops: tuple[str, ...], keep: str = ".*") 
     return [t for top in tops for t in _temps(home, top) if re.search(keep, t)]
 
 
-def test_ctrl_c_between_runs_stops_the_build(raw_zone: Path, tmp_path: Path) -> None:
+def test_ctrl_c_between_runs_stops_the_build(raw_zone: Path, tmp_path: Path, cli: PrewarmedCli) -> None:
     with fast_folder(tmp_path) as folder:
         home = _raw_home(raw_zone, folder / "home")
         log = folder / "build.log"
-        code = _run(SIGNAL_AFTER_FIRST_RUN, ["build", "--home", str(home.root), "--to", DAY2], log,
+        code = _run(cli, SIGNAL_AFTER_FIRST_RUN, ["build", "--home", str(home.root), "--to", DAY2], log,
                     REV29B_SIG="SIGINT")
         text = log.read_text(errors="replace")
         assert "built 2 day(s)" not in text, text[-2000:]
@@ -229,11 +227,11 @@ def test_ctrl_c_between_runs_stops_the_build(raw_zone: Path, tmp_path: Path) -> 
         assert not (home.datasets / "latest").exists(), "a build the user interrupted published a version"
 
 
-def test_sigterm_between_runs_stops_the_build(raw_zone: Path, tmp_path: Path) -> None:
+def test_sigterm_between_runs_stops_the_build(raw_zone: Path, tmp_path: Path, cli: PrewarmedCli) -> None:
     with fast_folder(tmp_path) as folder:
         home = _raw_home(raw_zone, folder / "home")
         log = folder / "build.log"
-        code = _run(SIGNAL_AFTER_FIRST_RUN, ["build", "--home", str(home.root), "--to", DAY2], log,
+        code = _run(cli, SIGNAL_AFTER_FIRST_RUN, ["build", "--home", str(home.root), "--to", DAY2], log,
                     REV29B_SIG="SIGTERM")
         text = log.read_text(errors="replace")
         assert code != 0 and "built 2 day(s)" not in text, f"exit {code}:\n{text[-2000:]}"
