@@ -45,6 +45,7 @@ from formats.settings import write_settings
 from pipelines.ingest.config import OUTPUT_DATASETS
 from pipelines.ingest.day import ingest_day
 from simulator import SimConfig, simulate
+from tests.e2e.cli_forkserver import forked_cli, run_python  # noqa: F401 (fixture)
 from tests.fast_tmp import build_once
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,14 +61,18 @@ SMALL_HOME_SETTINGS = {"splits.min_users": 3, "splits.min_unique_rows": 1}
 INGEST_TABLES = ("rankings", "downloads", "quarantine", "ingest_files")
 
 
+pytestmark = pytest.mark.usefixtures("forked_cli")   # the tests' commands: children of a fork server
+
+
 def pickapic(home: Path, *args: str, runner: list[str] | None = None,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run `pickapic <args> --home HOME` as its own process (no inherited home, instance or fault)."""
+             env: dict[str, str] | None = None, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run `pickapic <args> --home HOME` as its own process (no inherited home, instance or fault): forked from
+    the module's server (``tests/e2e/cli_forkserver.py``: the imports paid once), or with ``fresh`` a new
+    interpreter. ``runner``: a script run in place of ``-m dagster_project.cli``."""
     clean = {k: v for k, v in os.environ.items() if k not in ("PICKAPIC_HOME", "DAGSTER_HOME", "PICKAPIC_FAULT")}
     clean["PYTHONPATH"] = str(REPO)
-    command = (runner or [sys.executable, "-m", "dagster_project.cli"]) + [args[0], "--home", str(home), *args[1:]]
-    return subprocess.run(command, check=False, cwd=REPO, env={**clean, **(env or {})}, capture_output=True, text=True,
-                          timeout=600)
+    command = (runner or ["-m", "dagster_project.cli"]) + [args[0], "--home", str(home), *args[1:]]
+    return run_python(command, env={**clean, **(env or {})}, cwd=REPO, fresh=fresh)
 
 
 def _build_reference(folder: Path) -> None:
@@ -75,7 +80,7 @@ def _build_reference(folder: Path) -> None:
     simulate(raw, SIM)
     write_settings(raw.root, SMALL_HOME_SETTINGS)
     shutil.copytree(raw.root, folder / "reference", symlinks=True)
-    done = pickapic(folder / "reference", "build")
+    done = pickapic(folder / "reference", "build", fresh=True)   # a fresh interpreter: its own hash seed
     if done.returncode != 0:
         raise RuntimeError(f"pickapic build exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
 
@@ -126,14 +131,14 @@ def test_a_crash_between_the_renames_of_a_late_image_refresh_is_repaired_by_the_
     wrapper.write_text(KILL_BEFORE_RENAME)
     env = {k: v for k, v in os.environ.items() if k not in ("PICKAPIC_FAULT", "PICKAPIC_HOME")}
     env.update(PYTHONPATH=str(REPO), KILL_BEFORE_RENAME_OF=f"rankings/dt={day1}/part-0.parquet")
-    crashed = subprocess.run([sys.executable, str(wrapper), "--home", str(home.root), "--day", day2], cwd=REPO,
-                             check=False, env=env, start_new_session=True, capture_output=True, text=True, timeout=300)
+    # a child of the fork server runs in its own process group (as with start_new_session=True)
+    crashed = run_python([str(wrapper), "--home", str(home.root), "--day", day2], cwd=REPO, env=env, timeout=300)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     assert _partition_bytes(home, day2) == _partition_bytes(reference, day2)   # day 2 itself was complete
 
     del env["KILL_BEFORE_RENAME_OF"]      # the rerun: day 2 again, as the next build does
-    rerun = subprocess.run([sys.executable, "-m", "pipelines.ingest", "--home", str(home.root), "--day", day2],
-                           check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    rerun = run_python(["-m", "pipelines.ingest", "--home", str(home.root), "--day", day2], cwd=REPO, env=env,
+                       timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
 
     files = {row["table"]: row for row in pq.read_table(home.partition_file("ingest_files", day1)).to_pylist()}
@@ -191,7 +196,7 @@ def test_a_day_skipped_before_it_began_is_built_once_it_has_begun(simulated, fas
     shutil.copytree(home.raw_day(DAY2), home.raw_day(today))   # the export names today's folder early
     wrapper = fast_tmp / "clock_behind.py"
     wrapper.write_text(CLOCK_BEHIND)
-    early = pickapic(home.root, "build", runner=[sys.executable, str(wrapper)], env={"CLOCK_SHIFT_DAYS": "-2"})
+    early = pickapic(home.root, "build", runner=[str(wrapper)], env={"CLOCK_SHIFT_DAYS": "-2"})
     assert early.returncode == 0, early.stdout[-3000:] + early.stderr[-3000:]
     assert "lie in the future" in early.stderr and not home.partition_file("rankings", today).exists()
 

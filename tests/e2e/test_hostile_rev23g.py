@@ -51,18 +51,22 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from dagster_project import buildstamp
 from formats.home import DataHome
 from pipelines.ingest import day as ingest_module
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.day import ingest_day, refresh_later_days
+from tests.e2e.cli_forkserver import forked_cli  # noqa: F401 (fixture)
 from tests.e2e.test_hostile_rev23a import DAY2, _partition_bytes, pickapic, simulated  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "unit"))  # the seeded day builders of the ingest tests
 from test_fix23d import LATE_DAYS, _backfill_days, _reject_missing, snapshot
 from test_ingest_fixtures import DayBuilder
+
+pytestmark = pytest.mark.usefixtures("forked_cli")   # the tests' commands (``pickapic``): children of a fork server
 
 # --- 1. an earlier day ingested while a later day's ingest is in flight ---------------------------------
 
@@ -167,7 +171,7 @@ runpy.run_module("dagster_project.cli", run_name="__main__")
 def _after_plan(fast_tmp: Path) -> list[str]:
     wrapper = fast_tmp / "after_plan.py"
     wrapper.write_text(AFTER_PLAN)
-    return [sys.executable, str(wrapper)]
+    return [str(wrapper)]
 
 
 def test_a_build_running_past_midnight_does_not_stamp_a_day_it_skipped_as_built(simulated, fast_tmp: Path) -> None:

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +18,7 @@ import pytest
 from dagster_project.staleness import record_observations
 from formats.home import DataHome
 from simulator import SimConfig, simulate
+from tests.e2e.cli_forkserver import forked_cli, run_python  # noqa: F401 (fixture)
 from tests.e2e.conftest import copy_home
 from tests.fast_tmp import build_once
 
@@ -28,11 +28,15 @@ DAYS = [SIM.day(i) for i in range(4)]
 SPLITS = {"train", "validation", "test", "validation_unique", "test_unique"}
 
 
-def pickapic(home: DataHome, *args: str) -> subprocess.CompletedProcess:
-    """Run `pickapic <args> --home HOME` as its own process (no inherited DAGSTER_HOME)."""
+pytestmark = pytest.mark.usefixtures("forked_cli")   # the tests' commands: children of a fork server
+
+
+def pickapic(home: DataHome, *args: str, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run `pickapic <args> --home HOME` as its own process (no inherited DAGSTER_HOME): forked from the module's
+    server (``tests/e2e/cli_forkserver.py``: the imports paid once), or with ``fresh`` a new interpreter."""
     env = {k: v for k, v in os.environ.items() if k not in ("PICKAPIC_HOME", "DAGSTER_HOME", "PICKAPIC_FAULT")}
-    return subprocess.run([sys.executable, "-m", "dagster_project.cli", args[0], "--home", str(home.root), *args[1:]],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return run_python(["-m", "dagster_project.cli", args[0], "--home", str(home.root), *args[1:]], env=env, cwd=REPO,
+                      fresh=fresh)
 
 
 def _instance(home: DataHome) -> dg.DagsterInstance:
@@ -62,7 +66,7 @@ def _build_night(folder: Path) -> None:
     home = DataHome(folder / "home")
     simulate(home, SIM)
     shutil.move(str(home.raw_day(DAYS[3])), folder / "day4")
-    done = pickapic(home, "build")
+    done = pickapic(home, "build", fresh=True)   # a fresh interpreter: its own hash seed, as every command had
     if done.returncode != 0:
         raise RuntimeError(f"pickapic build exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
 
