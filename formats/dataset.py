@@ -343,7 +343,13 @@ def _unreadable(path: Path, said: str) -> str | None:
     """Why the regular file at ``path`` (a record this tool keeps) is not read, where this account may not read it
     (EACCES, EPERM: another account's file of mode 0600), with whose it is and what to do; None where it can be
     opened or is not a regular file (then it is not a record this tool wrote). Noticed in fix38n: such a file was
-    reported as one this tool did not write, and the operator was sent to remove a record the tool had written."""
+    reported as one this tool did not write, and the operator was sent to remove a record the tool had written.
+
+    Where its mode already lets this account read it (or the refusal is EPERM), a POSIX ACL or a security policy
+    (SELinux, AppArmor) refuses the read: that is named, not a ``chmod`` already in effect (review rev39c); where the
+    ``lstat`` itself is refused (a folder above it this account may not search), the plain note, without whose or
+    which mode (review rev39c: an UnboundLocalError)."""
+    info = None
     try:
         info = os.lstat(path)
         if not stat.S_ISREG(info.st_mode):
@@ -352,17 +358,34 @@ def _unreadable(path: Path, said: str) -> str | None:
     except OSError as exc:
         if exc.errno not in (errno.EACCES, errno.EPERM):
             return None
-        cause = exc.strerror or os.strerror(exc.errno)
+        cause, code = exc.strerror or os.strerror(exc.errno), exc.errno
     else:
         return None
+    left = f"left as it is, so {said}"
+    if info is None:
+        return (f"{path} could not be read by this account ({cause}: a folder holding it may not be searched by this "
+                f"account): {left}; make the folders holding it searchable to this account (chmod a+x)")
     mode = f"mode {stat.S_IMODE(info.st_mode):04o}"
-    if info.st_uid != os.geteuid():
-        whose = f"another account's file (uid {info.st_uid}), {mode}"
-        fix = f"have that account make it readable to this one (chmod a+r {path}), or publish as that account"
-    else:
-        whose = f"this account's file, {mode}"
+    mine = info.st_uid == os.geteuid()
+    whose = f"this account's file, {mode}" if mine else f"another account's file (uid {info.st_uid}), {mode}"
+    if code == errno.EPERM or _mode_lets_read(info):     # no mode bit refuses with EPERM
+        fix = ("a POSIX ACL or a security policy (SELinux, AppArmor) refuses the read, not its mode: "
+               f"see getfacl {path} (setfacl -x to drop the entry) or the system's security log")
+    elif mine:
         fix = f"make it readable (chmod u+r {path})"
-    return f"{path} could not be read by this account ({cause}: {whose}): left as it is, so {said}; {fix}"
+    else:
+        fix = f"have that account make it readable to this one (chmod a+r {path}), or publish as that account"
+    return f"{path} could not be read by this account ({cause}: {whose}): {left}; {fix}"
+
+
+def _mode_lets_read(info: os.stat_result) -> bool:
+    """Whether the mode bits of ``info`` let this account read the file: its owner's, group's or others' read bit,
+    whichever class this account is in (as the kernel picks it, before any ACL)."""
+    if info.st_uid == os.geteuid():
+        return bool(info.st_mode & stat.S_IRUSR)
+    if info.st_gid == os.getegid() or info.st_gid in os.getgroups():
+        return bool(info.st_mode & stat.S_IRGRP)
+    return bool(info.st_mode & stat.S_IROTH)
 
 
 def _remedy(code: int | None, folder: Path) -> str:

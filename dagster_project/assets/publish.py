@@ -33,8 +33,9 @@ def published_dataset(context: dg.AssetExecutionContext, config: PublishRunConfi
     settings = stage_config("publish", config, home, context)
     settle = version_at_start(context, "publish", home, settings)
     try:
-        report = publish_dataset(home, settings)
-    except OSError as exc:      # a refused switch: the notes the publish collected until then (fix39b)
+        report = publish_dataset(home, settings, shows_refused_notes=True)
+    except OSError as exc:      # a refused switch: the notes the publish collected until then (fix39b), not
+        # printed by the publish too (review rev39c: `pickapic build` showed each twice, its step's stderr mirrored)
         for note in getattr(exc, "publish_notes", []):
             step_warning(context.log, note)
         raise

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import functools
 import hashlib
 import json
 import os
@@ -778,10 +777,10 @@ def _matching(con: duckdb.DuckDBPyConnection, values: pa.ChunkedArray, left: str
 
 def _isin(values: pa.ChunkedArray, among: pa.ChunkedArray) -> pa.ChunkedArray:
     """Whether each of ``values`` is one of ``among`` (a null being one of a set holding a null), tested on
-    ``among``'s own chunks: no copy of the set, Python or Arrow (fix39a: each call copied it into a Python list,
-    up to six a split of :func:`_phrase_values`)."""
-    hits = [pc.is_in(values, value_set=chunk) for chunk in among.chunks if len(chunk)]
-    return functools.reduce(pc.or_, hits) if hits else pc.is_in(values, value_set=pa.array([], among.type))
+    ``among`` as it is: no Python copy of the set (fix39a: each call copied it into a Python list, up to six a split
+    of :func:`_phrase_values`), one lookup however many chunks it has (fix39f, as review rev39c measured: 0.39 s for
+    1.5M values where one lookup a chunk, or-ed, took 0.56-0.64 s)."""
+    return pc.is_in(values, value_set=among)
 
 
 def _phrase_values(con: duckdb.DuckDBPyConnection, values: list[str], elements: list[str],

@@ -128,8 +128,11 @@ from schemas import get_schema
 CONTRACT_DATASETS = contracts.CONTRACT_DATASETS
 
 
-def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), progress: Progress | None = None) -> PublishReport:
-    """Publish ``split_pairs`` as a new dataset version and point ``latest`` at it (idempotent)."""
+def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), progress: Progress | None = None, *,
+                    shows_refused_notes: bool = False) -> PublishReport:
+    """Publish ``split_pairs`` as a new dataset version and point ``latest`` at it (idempotent). With
+    ``shows_refused_notes`` the caller shows a refused switch's notes itself (the error's ``publish_notes``): they
+    are not printed first (:func:`_switch`)."""
     started = time.perf_counter()
     check_latest(home.datasets)   # a folder or file at `latest`: refused before any work
     source = home.table_file("split_pairs")
@@ -203,7 +206,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
                     f"publish.verify_checksums = true", exc.paths) from None
             give_modes(final, config.fsync)   # written under another umask: latest names it with this run's modes
             os.utime(final)  # the newest by mtime too, where the publish history is missing
-            deleted = _retention(home, config, notes, walks) if _switch(home, version, config, notes, split_pairs_sha256) else []
+            switched = _switch(home, version, config, notes, split_pairs_sha256, shows_refused_notes)
+            deleted = _retention(home, config, notes, walks) if switched else []
             report = report_of(recorded, final, True, ShardsDone([]), time.perf_counter() - started, deleted,
                                jpgs.hashed)
             report.notes = notes
@@ -230,7 +234,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         if staging_dir != home.datasets:
             fsync_dir(staging_dir, config.fsync)
         faults.maybe_crash("publish.before_switch")  # tests: version in place, latest not switched
-        deleted = _retention(home, config, notes, walks) if _switch(home, version, config, notes, split_pairs_sha256) else []
+        switched = _switch(home, version, config, notes, split_pairs_sha256, shows_refused_notes)
+        deleted = _retention(home, config, notes, walks) if switched else []
         recorded = read_manifest(final)           # the one it wrote, read as every reader does (bounded)
     report = report_of(recorded, final, False, written, time.perf_counter() - started, deleted, jpgs.hashed)
     report.contract_results = results
@@ -243,7 +248,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     return report
 
 
-def _switch(home: DataHome, version: str, config: PublishConfig, notes: list[str], split_pairs_sha256: str) -> bool:
+def _switch(home: DataHome, version: str, config: PublishConfig, notes: list[str], split_pairs_sha256: str,
+            shows_refused_notes: bool = False) -> bool:
     """Record ``version`` as the newest in the publish history (retention's order), then point ``latest``
     at it, then record which ``split_pairs`` it was published from (outside the version, in ``cache/``: the
     splits build then knows the split ledger holds its users without reading its sidecars,
@@ -251,38 +257,51 @@ def _switch(home: DataHome, version: str, config: PublishConfig, notes: list[str
 
     A history or a record of switched versions that cannot be written refuses the switch: an OSError naming it,
     ``latest`` left as it was (fix38n, review rev38f: the history's was a note, and retention then took the versions
-    it did not name for the oldest). The notes collected until then are on stderr first and go with the error as
-    its ``publish_notes`` (fix39b: a refused switch showed none of them, the Dagster asset logged none).
+    it did not name for the oldest). The notes collected until then go with the error as its ``publish_notes``
+    (fix39b: a refused switch showed none of them, the Dagster asset logged none), and are on stderr first unless
+    ``shows_refused_notes`` (a caller that shows them itself, the Dagster asset as its step's warnings: review
+    rev39c, ``pickapic build`` showed each twice); then they are printed once the switch is made.
 
     Returns whether the switch is synced: a folder that could not be synced after ``latest`` was renamed
     (:class:`formats.dataset.SwitchNotSynced`, an EIO) does not fail the publish, whose version is live, but is
     noted, and retention waits for the next publish (a power cut could bring back the link to the version before;
     review rev33h: the publish failed with the version live, naming nothing)."""
-    for note in notes:      # before a refusal too (noticed in fix38n: a refused switch printed none of them)
-        print(f"publish: {note}", file=sys.stderr, flush=True)
+    shown = 0 if shows_refused_notes else len(notes)
+    for note in notes[:shown]:  # before a refusal too (noticed in fix38n: a refused switch printed none of them)
+        _print_note(note)
     synced = True
     try:
         note = record_switch(home.datasets, version, config.fsync)
         if note:
             notes.append(note)
-            print(f"publish: {note}", file=sys.stderr, flush=True)
+            if not shows_refused_notes:
+                _print_note(note)
+                shown += 1
         note = switch_latest(home.datasets, version, config.fsync)
     except SwitchNotSynced as exc:
         synced, note = False, f"{exc}; retention is left to the next publish"
     except OSError as exc:  # the switch refused: the notes go with the error (the Dagster asset logs them)
         exc.publish_notes = list(notes)   # type: ignore[attr-defined]
         raise
+    for early in notes[shown:]:     # held back for a caller that shows a refusal's notes: the switch is made
+        _print_note(early)
     if note:
         notes.append(note)
-        print(f"publish: {note}", file=sys.stderr, flush=True)
+        _print_note(note)
     try:
         coverage.write_published_source(home, home.datasets / version, split_pairs_sha256)
     except OSError as exc:
         note = (f"which split_pairs the version was published from was not recorded in {coverage.record_file(home)} "
                 f"({exc}): the next splits build reads its sidecars")
         notes.append(note)
-        print(f"publish: {note}", file=sys.stderr, flush=True)
+        _print_note(note)
     return synced
+
+
+def _print_note(note: str) -> None:
+    """A publish's note on stderr, ``publish: ...``, its control characters shown, never acting on the terminal (a
+    home's path may hold any; review rev39c, noticed: the step warnings' path showed them, this one printed raw)."""
+    print(f"publish: {terminal_text(note)}", file=sys.stderr, flush=True)
 
 
 def _retention(home: DataHome, config: PublishConfig, notes: list[str], walks: VersionWalks | None = None) -> list[str]:
@@ -293,7 +312,7 @@ def _retention(home: DataHome, config: PublishConfig, notes: list[str], walks: V
     left += reversible_versions_kept(home)
     for note in left:
         notes.append(note)
-        print(f"publish: {note}", file=sys.stderr, flush=True)
+        _print_note(note)
     return deleted
 
 

@@ -43,8 +43,6 @@ def shared_tmp():
         yield base
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="rev39c: pickapic build shows each note of a refused switch twice (stderr print + step warning)")
 def test_a_build_shows_each_note_of_a_refused_switch_once(fast_tmp: Path, capfd, monkeypatch: pytest.MonkeyPatch) -> None:
     import dagster as dg
 
@@ -80,8 +78,6 @@ def _posix_acl(entries: list[tuple[int, int, int]]) -> bytes:
     return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, ident) for tag, perm, ident in entries)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="rev39c: a file whose mode already lets every account read it (an ACL refuses) gets 'chmod a+r' advice")
 def test_no_chmod_advice_for_a_file_whose_mode_already_lets_this_account_read_it(shared_tmp: Path) -> None:
     datasets = shared_tmp / "pickapic"
     datasets.mkdir(mode=0o755)
@@ -104,8 +100,6 @@ def test_no_chmod_advice_for_a_file_whose_mode_already_lets_this_account_read_it
     as_another_account(publish)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="rev39c: _unreadable raises UnboundLocalError where the lstat itself is refused (EACCES)")
 def test_a_record_whose_lstat_is_refused_gets_a_note_not_a_crash(shared_tmp: Path) -> None:
     outer = shared_tmp / "outer"
     datasets = outer / "pickapic"
