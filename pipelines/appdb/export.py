@@ -3059,11 +3059,14 @@ def _waiting_path(home: DataHome, day: str) -> Path:
     return home.cache / MOVED_WAITING / f"dt={day}.json"
 
 
-def _waiting_names(home: DataHome) -> list[str]:
+def _waiting_names(home: DataHome) -> Iterator[str]:
+    """The names in HOME/cache/MOVED_WAITING, one listing streamed (fix39g: no list of every name held)."""
     try:
-        return os.listdir(home.cache / MOVED_WAITING)
+        with os.scandir(home.cache / MOVED_WAITING) as entries:
+            for entry in entries:
+                yield entry.name
     except OSError:
-        return []
+        return
 
 
 def waiting_days(home: DataHome) -> list[str]:
@@ -3072,11 +3075,23 @@ def waiting_days(home: DataHome) -> list[str]:
                   if re.fullmatch(r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}\.json", name))
 
 
-def _set_aside_names(home: DataHome) -> list[str]:
-    """The MOVED_WAITING files moved aside as damaged (review rev38e), in order."""
-    return sorted(name for name in _waiting_names(home)
-                  if re.fullmatch(r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}\.json" + re.escape(DAMAGED_WAITING) + r"(-[0-9]+)?",
-                                  name))
+def _add_set_aside_files(home: DataHome, damaged: DamagedWaiting) -> None:
+    """Add the MOVED_WAITING files moved aside as damaged (review rev38e) to ``damaged``, in name order (fix39g: the
+    first FIRST_IDS kept, the others counted: every name was held, 100,000 a night after a broken writer's nights)."""
+    pattern = re.compile(r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}\.json" + re.escape(DAMAGED_WAITING) + r"(-[0-9]+)?")
+    count = 0
+
+    def matching() -> Iterator[str]:
+        nonlocal count
+        for name in _waiting_names(home):
+            if pattern.fullmatch(name):
+                count += 1
+                yield name
+
+    first = heapq.nsmallest(FIRST_IDS, matching())
+    for name in first:
+        damaged.add(str(home.cache / MOVED_WAITING / name), SET_ASIDE_WHY)
+    damaged.add_unnamed(count - len(first), SET_ASIDE_WHY)
 
 
 def _load_waiting(home: DataHome, day: str) -> dict[str, array.array]:
@@ -3100,17 +3115,20 @@ def _load_waiting(home: DataHome, day: str) -> dict[str, array.array]:
         return _parse_waiting(handle, MOVED_WAITING_MAX_BYTES)
 
 
-_ASIDE_NUMBER_DIGITS = 18      # a set-aside number an export reaches (one a night): a longer one was planted
+ASIDE_NUMBER_MAX = (1 << 63) - 1     # the highest set-aside number counted (fix39g): a longer one was planted
 
 
 def _set_aside(home: DataHome, day: str) -> Path:
     """Move ``day``'s damaged MOVED_WAITING file aside (review rev38e; the caller holds UNDATED_LOCK) to
     dt=DAY.json.damaged, else -N, N one past the highest number there (fix39c: -2 ... -999 were tried and the
     1,000th file raised EEXIST, its day's rows written no more): never over another file, never out of names (a
-    planted number of more than 18 digits is passed over). OSError raised where it cannot be moved."""
+    planted number past ASIDE_NUMBER_MAX is passed over; past a planted ASIDE_NUMBER_MAX, the first free number).
+    Fix39g: the folder is listed once at most (it was listed again for each name tried). OSError raised where it
+    cannot be moved."""
     path = _waiting_path(home, day)
     prefix = path.name + DAMAGED_WAITING
-    aside, last = path.with_name(prefix), 1
+    numbers = _aside_numbers(home, prefix)      # lazy: listed only where dt=DAY.json.damaged is taken
+    aside = path.with_name(prefix)
     while True:
         try:
             os.link(path, aside, follow_symlinks=False)      # never replaces a file there
@@ -3125,15 +3143,22 @@ def _set_aside(home: DataHome, day: str) -> Path:
         else:
             os.unlink(path)
             return aside
-        number = max(_next_aside_number(home, prefix), last + 1)    # the name tried is taken: past it
-        aside, last = path.with_name(f"{prefix}-{number}"), number
+        number = next(numbers, None)                          # the name tried is taken: the next one
+        if number is None:
+            raise FileExistsError(errno.EEXIST, "no set-aside name left", str(aside))
+        aside = path.with_name(f"{prefix}-{number}")
 
 
-def _next_aside_number(home: DataHome, prefix: str) -> int:
-    """One past the highest N of the names ``prefix``-N in MOVED_WAITING (N of at most 18 digits), at least 2."""
-    pattern = re.compile(re.escape(prefix) + r"-([1-9][0-9]{0,%d})" % (_ASIDE_NUMBER_DIGITS - 1))
-    return max([1, *(int(match.group(1)) for name in _waiting_names(home)
-                     if (match := pattern.fullmatch(name)) is not None)]) + 1
+def _aside_numbers(home: DataHome, prefix: str) -> Iterator[int]:
+    """The numbers N to try for ``prefix``-N, from one listing of MOVED_WAITING (fix39g: the export's own names are
+    always counted, N up to ASIDE_NUMBER_MAX; 19-digit ones were not, and each was then tried after a listing of its
+    own): one past the highest there (at least 2) and on, then, past a planted ASIDE_NUMBER_MAX, 2 and on (the
+    taken ones fail, each a link tried: no listing)."""
+    pattern = re.compile(re.escape(prefix) + r"-([1-9][0-9]{0,18})")
+    top = max((number for name in _waiting_names(home) if (match := pattern.fullmatch(name)) is not None
+               and (number := int(match.group(1))) <= ASIDE_NUMBER_MAX), default=1)
+    yield from range(top + 1, ASIDE_NUMBER_MAX + 1)
+    yield from range(2, top + 1)
 
 
 def _waiting_to_change(home: DataHome, day: str) -> dict[str, array.array]:
@@ -3195,16 +3220,44 @@ def _add_waiting(home: DataHome, waiting: dict[str, dict[str, array.array]]) -> 
 
 
 @dataclass
+class DamagedWaiting:
+    """Review rev38e: the MOVED_WAITING files no export can read, for :func:`damaged_waiting_warning`: the first
+    FIRST_IDS added (``named``: (path, why)), how many in all (``count``) and moved aside (``aside``), the earliest
+    day (``day``). Fix39g: no more held than that (every set-aside name was, 100,000 after a broken writer's nights);
+    false where there is none."""
+
+    named: list[tuple[str, str]] = field(default_factory=list)
+    count: int = 0
+    aside: int = 0
+    day: str = ""
+
+    def add(self, path: str, why: str) -> None:
+        if len(self.named) < FIRST_IDS:
+            self.named.append((path, why))
+        on = Path(path).name[3:13]
+        self.day = min(self.day, on) if self.day else on
+        self.add_unnamed(1, why)
+
+    def add_unnamed(self, count: int, why: str) -> None:
+        """Count ``count`` more files, past those named (each named later in order than those added)."""
+        self.count += count
+        self.aside += count if why == SET_ASIDE_WHY else 0
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+
+@dataclass
 class WaitingWatch:
     """Fix37h: what an export learnt of the MOVED_WAITING rows: per file day, table -> the ids to forget once
     the day is published (held by it, or deleted); the rows dated to another day (``dated``: at most FIRST_IDS
     a table and day listed, ``more``: table -> day -> the others counted) for :func:`dated_warning`; review rev38e:
-    the files it could not read (``damaged``: (path, why)) for :func:`damaged_waiting_warning`."""
+    the files it could not read (``damaged``) for :func:`damaged_waiting_warning`."""
 
     forget: dict[str, dict[str, array.array]] = field(default_factory=dict)
     dated: dict[str, dict[int, str]] = field(default_factory=dict)
     more: dict[str, dict[str, int]] = field(default_factory=dict)
-    damaged: list[tuple[str, str]] = field(default_factory=list)
+    damaged: DamagedWaiting = field(default_factory=DamagedWaiting)
 
 
 def watch_waiting(conn: psycopg.Connection, home: DataHome, day: str) -> WaitingWatch:
@@ -3257,7 +3310,7 @@ def watch_waiting(conn: psycopg.Connection, home: DataHome, day: str) -> Waiting
         except (WaitingDamaged, OSError) as exc:
             why = f"not as the export writes it: {exc}" if isinstance(exc, WaitingDamaged) else (
                 f"cannot be read: {exc.strerror or exc}")
-            watch.damaged.append((str(_waiting_path(home, file_day)), why))
+            watch.damaged.add(str(_waiting_path(home, file_day)), why)
             continue
         for table in RAW_TABLES:
             for key in ids[table]:
@@ -3266,24 +3319,23 @@ def watch_waiting(conn: psycopg.Connection, home: DataHome, day: str) -> Waiting
                     look_up()
     if pending:
         look_up()
-    watch.damaged += [(str(home.cache / MOVED_WAITING / name), SET_ASIDE_WHY) for name in _set_aside_names(home)]
+    _add_set_aside_files(home, watch.damaged)
     return watch
 
 
-def damaged_waiting_warning(damaged: list[tuple[str, str]]) -> str:
+def damaged_waiting_warning(damaged: DamagedWaiting) -> str:
     """Review rev38e: one line naming the MOVED_WAITING files no export can read (``WaitingWatch.damaged``), each
     night until someone deletes them: the rows only they list are in no raw day and named by nothing else."""
-    days = sorted({Path(path).name[3:13] for path, _ in damaged})
-    aside = sum(why == SET_ASIDE_WHY for _, why in damaged)       # fix39c: how many a broken writer has left
-    return (f"{len(damaged)} file(s)" + (f" ({aside} of them moved aside as damaged)" if aside else "")
+    aside = damaged.aside                                      # fix39c: how many a broken writer has left
+    return (f"{damaged.count} file(s)" + (f" ({aside} of them moved aside as damaged)" if aside else "")
             + " listing app rows moved to a day before the raw zone's first or not closed yet "
             "cannot be read as the export writes them, so the rows they list (which may be recorded nowhere else) "
             "are not looked up or named: "
-            + "; ".join(f"{path} ({why})" for path, why in damaged[:FIRST_IDS])
-            + ("; ..." if len(damaged) > FIRST_IDS else "")
+            + "; ".join(f"{path} ({why})" for path, why in damaged.named)
+            + ("; ..." if damaged.count > len(damaged.named) else "")
             + f" -- kept as they are (one in place is moved aside, to its name + {DAMAGED_WAITING}, before rows "
             "are written for its day again): restore it from a backup, or export its day and check the app rows it "
-            f"lists (pickapic build --from-app-db --from {days[0]} --to {days[0]}), then delete it")
+            f"lists (pickapic build --from-app-db --from {damaged.day} --to {damaged.day}), then delete it")
 
 
 def forget_waiting(home: DataHome, watch: WaitingWatch) -> str:

@@ -193,7 +193,9 @@ def test_each_night_names_a_damaged_file_in_place_and_once_moved_aside(postgres_
 
 
 def test_the_warning_names_at_most_first_ids_files() -> None:
-    damaged = [(f"/h/cache/{MOVED_WAITING}/dt=2023-01-{day:02d}.json", "ends early at byte 3") for day in range(1, 13)]
+    damaged = appexport.DamagedWaiting()
+    for day in range(1, 13):
+        damaged.add(f"/h/cache/{MOVED_WAITING}/dt=2023-01-{day:02d}.json", "ends early at byte 3")
     line = damaged_waiting_warning(damaged)
     assert line.startswith("12 file(s)") and "dt=2023-01-10.json" in line and "dt=2023-01-11.json" not in line
     assert "--from 2023-01-01 --to 2023-01-01" in line
@@ -223,4 +225,4 @@ def test_the_waiting_rows_of_many_days_take_one_look_up_a_batch(postgres_server,
     assert watch.more["rankings"]["2022-01-01"] == per_day - appexport.FIRST_IDS
     assert "2022-01-03" not in watch.more["rankings"]
     assert list(watch.forget["2022-01-03"]["rankings"]) == list(range(31, 46))    # its own day's: forgotten
-    assert watch.damaged == []
+    assert not watch.damaged and watch.damaged.named == []
