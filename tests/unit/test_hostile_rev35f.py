@@ -3,8 +3,9 @@
 Reviewed: ``training/train.py`` (``_share_failure`` / ``_kept`` in place of the barriers, ``read_one_version``,
 ``_train_reading``, ``record_eval``/``checkpoint``/the final evaluation) and ``training/model.py``
 (``TOKENIZER_SYMBOL_BUDGET``, ``_prune_words``, ``TOKENIZER_VERSION`` bpe/2), with README sections 8/9 and
-tests/unit/test_fix35c.py. Driven by real two-process gloo groups on CPU (spawned processes, ``file://`` store,
-the tiny synthetic model of ``training.synthetic``) and the real ``train_tokenizer``.
+tests/unit/test_fix35c.py. Driven by real two-process gloo groups on CPU (fresh processes of a ``forkserver``
+that imported torch and the trainer once, ``file://`` store, the tiny synthetic model of ``training.synthetic``)
+and the real ``train_tokenizer``.
 
 Held up (no test): rank 0's refusals covered by fix35c (divergence record, init/, a failed checkpoint save, a failed
 final evaluation) reach rank 1 at once with the same text (tests/unit/test_fix35c.py, rerun); a successful 2-rank
@@ -49,7 +50,10 @@ GLOO_TIMEOUT_S = 12
 
 def _rank(rank: int, store: str, scenario: str, version: str, out: str, answers) -> None:
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    import torch
     import torch.distributed as dist
+
+    torch.set_num_threads(1)   # torch was imported (OMP_NUM_THREADS read) in the fork server, before the line above
 
     from training import train as train_module
 
@@ -95,10 +99,13 @@ def _rank(rank: int, store: str, scenario: str, version: str, out: str, answers)
 
 
 def _run(tmp_path: Path, scenario: str, out: Path, version: Path) -> dict:
-    spawn = multiprocessing.get_context("spawn")
-    answers = spawn.Queue()
+    # each rank a fresh process forked from a server that imported torch and the trainer once (not a spawned
+    # interpreter importing them again for every rank of every test: most of these tests' time)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "torch.distributed", "training.train", __name__])
+    answers = context.Queue()
     store = str(tmp_path / f"store-{scenario}")
-    ranks = [spawn.Process(target=_rank, args=(rank, store, scenario, str(version), str(out), answers))
+    ranks = [context.Process(target=_rank, args=(rank, store, scenario, str(version), str(out), answers))
              for rank in (0, 1)]
     for process in ranks:
         process.start()
