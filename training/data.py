@@ -1,9 +1,10 @@
 """Reading published Pick-a-Pic shards with webdataset: shard discovery, fast CLIP preprocessing, batches.
 
 Pipeline per loader worker (a list of small stages, as webdataset likes it):
-shard urls (resampled per rank/worker, or split_by_node + split_by_worker per epoch) -> tar samples
-(``tar_samples``: webdataset's grouping, a faster reader) ->
-seeded shuffle buffer -> skip (exact resume) -> batch: decode JSON + 2 JPEGs into one pixel tensor, tokenize.
+shard urls (resampled per rank/worker, or each seeded epoch cut into equal sample shares per rank/worker) ->
+tar samples (``tar_samples``: webdataset's grouping, a faster reader), ``INTERLEAVED_SHARDS`` shards at once ->
+seeded shuffle buffer (drained at each epoch's end) -> skip (exact resume) -> batch: decode JSON + 2 JPEGs into
+one pixel tensor, tokenize.
 
 Image preprocessing equals ``CLIPImageProcessor`` (shortest edge -> bicubic resize, center crop, CLIP
 mean/std) except that, with ``draft=True``, the JPEG is first decoded at a reduced DCT scale (PIL
@@ -45,6 +46,9 @@ DRAFT_MARGIN = 1  # draft-decode to >= the target edge (e.g. 512 -> 256 for 224)
 # gigabytes for tokens that are cut off anyway (review rev28a). 16,384 characters are at most the 64 KiB
 # ``pickapic score`` refuses a prompt above; a caption this short is given whole, as before.
 MAX_CAPTION_CHARS = 16_384
+# Train shards a loader worker reads at once, one sample from each in turn (``TrainPairStream``): a published shard
+# holds one export day, so the shuffle buffer's first samples come from this many shards, not one (review rev39b)
+INTERLEAVED_SHARDS = 4
 
 
 @dataclass(frozen=True)
@@ -638,15 +642,19 @@ class TrainPairStream(torch.utils.data.IterableDataset):
     """Endless, seeded stream of training batches for one DDP rank (each loader worker yields whole batches).
 
     ``resampled=True`` draws shards with replacement, weighted by their sample counts, from a
-    per-(rank, worker) seed (webdataset's ``ResampledShards``), so ranks never run dry at different times; ``False`` walks seeded epochs with
-    ``split_by_node`` / ``split_by_worker`` and needs at least ranks x workers shards. ``skip_batches`` is
+    per-(rank, worker) seed (webdataset's ``ResampledShards``), so ranks never run dry at different times; ``False``
+    walks seeded epochs, each cut into ``ranks x workers`` equal shares of samples (:meth:`_epoch_segments`: every
+    rank takes as many steps an epoch, and reads each sample at most once), and needs at least ranks x workers
+    samples (shards, without a ``sizes.json``). Each worker reads :data:`INTERLEAVED_SHARDS` shards at once, one
+    sample from each in turn, into its seeded shuffle buffer, which in epoch mode is drained at each epoch's end
+    (review rev39b: the next epoch's samples came out while this one's waited). ``skip_batches`` is
     the number of batches this rank already consumed: each worker drops its share of raw samples before
     decoding, so a resumed run sees exactly the batches an uninterrupted one would have.
 
-    Each batch also names the loader ``worker`` that made it and the shard that worker was inside
-    (``inside_shard``: started, not yet verified; None between shards). A consumer that reports or keeps
+    Each batch also names the loader ``worker`` that made it and the shards that worker was inside
+    (``inside_shards``: started, not yet verified; empty between shards). A consumer that reports or keeps
     what it trained on (the trainer, before each evaluation and checkpoint) verifies, with
-    :func:`verify_shards`, the ``inside_shard`` of the last batch it took from each worker: the only shards
+    :func:`verify_shards`, the ``inside_shards`` of the last batch it took from each worker: the only shards
     its batches drew samples from that no check has passed yet.
     """
 
@@ -668,37 +676,122 @@ class TrainPairStream(torch.utils.data.IterableDataset):
         self.resampled, self.draft = resampled, draft
         self.num_workers, self.skip_batches = max(num_workers, 1), skip_batches
 
-    def _shard_urls(self, rank: int, world: int, worker: int) -> Iterator[dict[str, str]]:
-        if self.resampled:
-            rng = random.Random(stable_seed("shards", self.seed, rank, world, worker, self.num_workers))
-            while True:   # by sample count: published shards differ in size (one export day each)
-                yield {"url": rng.choices(self.urls, weights=self.weights)[0]}
-        if len(self.urls) < world * self.num_workers:
+    def _resampled_shards(self, rank: int, world: int, worker: int) -> Iterator[dict[str, Any]]:
+        """Endless shard draw of one (rank, worker), with replacement, by sample count: published shards differ
+        in size (one export day each)."""
+        rng = random.Random(stable_seed("shards", self.seed, rank, world, worker, self.num_workers))
+        while True:
+            yield {"url": rng.choices(self.urls, weights=self.weights)[0]}
+
+    def _epoch_segments(self, rank: int, world: int, worker: int) -> Iterator[list[dict[str, Any]]]:
+        """Each seeded epoch's share of one (rank, worker): a list of ``{"url", "lo", "hi"}`` (samples
+        ``lo:hi`` of the shard; None: to its end).
+
+        The epoch's shuffled shard list is dealt to the ranks and workers as ``split_by_node`` then
+        ``split_by_worker`` would (shard ``i`` to rank ``i % world``, then worker ``(i // world) % workers``),
+        laid end to end part after part, and cut by the sample counts of ``sizes.json`` into ``ranks x workers``
+        runs of ``total // (ranks x workers)`` samples (review rev39b: shards of 4 to 125 samples split by count
+        gave rank 0 418 samples an epoch and rank 1 325, so an epoch of steps read 43 twice and 50 never). Every
+        part reads as many samples an epoch, each sample at most once (the ``total % parts`` left over are the
+        ones this epoch's order puts last); a shard cut between two parts is read whole (hashed) by both, each
+        keeping its own samples. With equal shards of a divisible count this is the plain dealt split. A version
+        whose ``sizes.json`` does not list every shard is split by shard count, as before."""
+        parts = world * self.num_workers
+        part = rank * self.num_workers + worker
+        sized = all(url in self.expected for url in self.urls)
+        total = sum(self.expected[url] for url in self.urls) if sized else 0
+        if sized and total < parts:
+            raise ValueError(f"{self.where}: {total} samples < {world} ranks x {self.num_workers} workers: "
+                             "use resampled=True or fewer workers")
+        if not sized and len(self.urls) < parts:
             raise ValueError(f"{len(self.urls)} shards < {world} ranks x {self.num_workers} workers: "
                              "use resampled=True or fewer workers")
+        share = total // parts
         epoch = 0
         while True:
             order = list(self.urls)
             random.Random(stable_seed("epoch", self.seed, epoch)).shuffle(order)
-            # wds.split_by_worker, but on the logical worker id (see __iter__)
-            yield from islice(wds.split_by_node({"url": u} for u in order), worker, None, self.num_workers)
+            owner = [(i % world) * self.num_workers + (i // world) % self.num_workers for i in range(len(order))]
+            if not sized:
+                yield [{"url": url, "lo": 0, "hi": None} for url, p in zip(order, owner) if p == part]
+            else:
+                dealt = [url for p in range(parts) for url, q in zip(order, owner) if q == p]
+                first, last, start, segments = part * share, (part + 1) * share, 0, []
+                for url in dealt:
+                    end = start + self.expected[url]
+                    if start < last and end > first:
+                        segments.append({"url": url, "lo": max(first - start, 0), "hi": min(last, end) - start})
+                    start = end
+                yield segments
             epoch += 1
 
-    def _samples(self, urls: Iterator[dict[str, str]], inside: OpenShard) -> Iterator[dict[str, Any]]:
-        """Samples of the endless shard sequence ``urls``; once every shard has been read and none gave a
-        sample, an error (the stream would otherwise spin forever)."""
-        empty: set[str] = set()
-        productive = False
-        for item in urls:
-            count = 0
-            for sample in tar_samples([item], self.expected, self.digests, inside):
+    def _interleaved(self, segments: Iterable[dict[str, Any]], opened: list[OpenShard],
+                     empty: set[str | None]) -> Iterator[dict[str, Any]]:
+        """Samples of the shard ``segments`` (``{"url"[, "lo", "hi"]}``), :data:`INTERLEAVED_SHARDS` read at once
+        (at most as many as the split has shards), one sample from each in turn; a shard that ends gives its place
+        to the next one (review rev39b: read one after the other, the shuffle buffer's first ``shuffle_initial``
+        samples, so the first batches, came from the first shard drawn: one export day). Each shard is read to its
+        end and checked (hashed, counted); ``opened`` holds an :class:`OpenShard` for each shard being read.
+        ``empty`` (shared by the epochs of a stream) collects the shards read without a sample until one gives
+        one (then it is cleared for good: ``None`` in it); once it holds every shard, an error (an endless draw
+        would otherwise spin forever)."""
+        pending = iter(segments)
+
+        def read(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+            inside = OpenShard()
+            opened.append(inside)
+            lo, hi, count = item.get("lo", 0), item.get("hi"), 0
+            for index, sample in enumerate(tar_samples([item], self.expected, self.digests, inside)):
                 count += 1
-                yield sample
-            productive = productive or count > 0
-            if not productive:
+                if lo <= index and (hi is None or index < hi):
+                    yield sample
+            opened.remove(inside)
+            if count:
+                empty.clear()
+                empty.add(None)   # productive: never checked again
+            elif None not in empty:
                 empty.add(item["url"])
                 if len(empty) == len(set(self.urls)):
                     raise ValueError(f"{self.where}: a full pass over its {len(empty)} shards yielded no samples")
+
+        deferred: list[dict[str, Any]] = []
+        reading: list[str] = []   # the url each reader reads
+
+        def take() -> dict[str, Any] | None:
+            """The next segment to read, one of a shard no reader is reading when there is one: a draw with
+            replacement (resampled) that repeats a shard being read waits, in order, until that shard's reader is
+            done (seed 3's worker 1 of 4 drew the same 125-sample shard four times in a row). Up to
+            ``4 x INTERLEAVED_SHARDS`` wait; past that (fewer distinct shards than readers) the oldest is read."""
+            for index, item in enumerate(deferred):
+                if item["url"] not in reading:
+                    return deferred.pop(index)
+            while len(deferred) < 4 * INTERLEAVED_SHARDS:
+                item = next(pending, None)
+                if item is None:
+                    break
+                if item["url"] not in reading:
+                    return item
+                deferred.append(item)
+            return deferred.pop(0) if deferred else None
+
+        readers: list[Iterator[dict[str, Any]]] = []
+        width = min(INTERLEAVED_SHARDS, len(set(self.urls)))   # a split of 1 shard: read one after the other
+        while len(readers) < width and (item := take()) is not None:
+            readers.append(read(item))
+            reading.append(item["url"])
+        turn = 0
+        while readers:
+            sample = next(readers[turn], None)
+            if sample is None:   # this shard ended: the next one takes its turn now
+                del readers[turn], reading[turn]
+                item = take()
+                if item is not None:
+                    readers.insert(turn, read(item))
+                    reading.insert(turn, item["url"])
+                turn = turn % len(readers) if readers else 0
+                continue
+            yield sample
+            turn = (turn + 1) % len(readers)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world, physical, workers = wds.utils.pytorch_worker_info()
@@ -708,18 +801,25 @@ class TrainPairStream(torch.utils.data.IterableDataset):
         # batches the next one belongs to logical worker s % W, so physical worker p plays logical (p + s) % W;
         # logical worker w has already produced ceil((s - w) / W) batches.
         worker = (physical + self.skip_batches) % workers
-        inside = OpenShard()
-        samples = self._samples(self._shard_urls(rank, world, worker), inside)
-        samples = shuffled(samples, self.shuffle_buffer, self.shuffle_initial,
-                           stable_seed("shuffle", self.seed, rank, world, worker, workers))
+        opened: list[OpenShard] = []
+        empty: set[str | None] = set()
+        seed = stable_seed("shuffle", self.seed, rank, world, worker, workers)
+        if self.resampled:
+            samples = shuffled(self._interleaved(self._resampled_shards(rank, world, worker), opened, empty),
+                               self.shuffle_buffer, self.shuffle_initial, seed)
+        else:   # the buffer drains at each epoch's end: no sample of the next epoch before this one's last
+            samples = (sample for epoch, segments in enumerate(self._epoch_segments(rank, world, worker))
+                       for sample in shuffled(self._interleaved(segments, opened, empty), self.shuffle_buffer,
+                                              self.shuffle_initial, stable_seed(seed, "epoch", epoch)))
         done = max(0, -(-(self.skip_batches - worker) // workers))
         samples = islice(samples, done * self.batch_size, None)
 
         def collate(raw: list[dict[str, Any]]) -> dict[str, Any]:
             batch = self.collate(raw, self.spec, self.draft)
             # Every shard this worker read to its end passed its checks (or its error follows this batch),
-            # so of the shards its batches so far drew samples from only this one can be unverified.
-            batch["worker"], batch["inside_shard"] = physical, inside.url
+            # so of the shards its batches so far drew samples from only these can be unverified.
+            batch["worker"] = physical
+            batch["inside_shards"] = tuple(sorted({inside.url for inside in opened if inside.url is not None}))
             return batch
         return batched(samples, self.batch_size, collate, partial=False)
 

@@ -1031,7 +1031,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         return entry, problem
 
     noted_ties: list[int] = []   # the step whose evaluation found eval_split of ties only (warned once)
-    inside: dict[int, str | None] = {}   # loader worker -> the shard it was inside at its last batch taken
+    inside: dict[int, tuple[str, ...]] = {}   # loader worker -> the shards it was inside at its last batch taken
     train_digests: dict[str, str] = {}
 
     def verify_trained() -> list[str]:
@@ -1043,7 +1043,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         (``train/<name>``, the checkpoint's ``open_shards``). Any failure of a rank's part (a damaged shard, an
         unreadable one, a missing manifest) stops every rank with it (review rev36b: only checksum errors were
         shared)."""
-        opened = sorted({f"{Path(url).parent.name}/{Path(url).name}" for url in inside.values() if url})
+        opened = sorted({f"{Path(url).parent.name}/{Path(url).name}" for urls in inside.values() for url in urls})
         if world > 1:
             gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, opened)
@@ -1139,7 +1139,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                 fetched: BaseException | None = None
                 try:   # this rank's own reads (a shard damaged or unreadable on its copy): shared below
                     batch = next_batch()
-                    inside[batch["worker"]] = batch["inside_shard"]
+                    inside[batch["worker"]] = batch["inside_shards"]
                     labels, weights = batch["labels"].to(device), batch["weights"].to(device)
                     pixels = batch["pixel_values"].to(device, non_blocking=True)
                     if config.augment != "none":

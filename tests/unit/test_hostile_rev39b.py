@@ -11,7 +11,7 @@ reads all 743 samples once and its batches of 16 hold 3-6 days; a late sample ad
 changes exactly one shard (its 20 samples keep their relative order, the new one inserted), the other 9 keep
 their bytes.
 
-Defects (each test below xfails strictly on the current code):
+Defects (each test below xfailed strictly on the code reviewed; fixed by fix39e):
 
 1. ``test_the_trainers_first_batches_mix_export_days``: with the default knobs (``shuffle_buffer`` 1000,
    ``shuffle_initial`` 100) the shuffle buffer yields its first batches after reading about 100 samples of
@@ -72,7 +72,7 @@ def _collate(raw: list[dict], spec, draft) -> dict:
 
 def _batches(monkeypatch: pytest.MonkeyPatch, shards: list[Path], count: int, *, seed: int = 42,
              rank: int = 0, world: int = 1, worker: int = 0, workers: int = 1, resampled: bool = True,
-             buffer: int = 1000, initial: int = 100) -> list[dict]:
+             buffer: int = 1000, initial: int = 100, skip: int = 0) -> list[dict]:
     """The first ``count`` batches of one rank's logical loader worker (webdataset reads the rank and worker
     from RANK / WORLD_SIZE / WORKER / NUM_WORKERS, as under torchrun and a DataLoader)."""
     monkeypatch.setenv("RANK", str(rank))
@@ -80,12 +80,11 @@ def _batches(monkeypatch: pytest.MonkeyPatch, shards: list[Path], count: int, *,
     monkeypatch.setenv("WORKER", str(worker))
     monkeypatch.setenv("NUM_WORKERS", str(workers))
     stream = TrainPairStream(shards, BATCH, _collate, None, seed=seed, shuffle_buffer=buffer,
-                             shuffle_initial=initial, resampled=resampled, draft=True, num_workers=workers)
+                             shuffle_initial=initial, resampled=resampled, draft=True, num_workers=workers,
+                             skip_batches=skip)
     return list(islice(iter(stream), count))
 
 
-@pytest.mark.xfail(strict=True, reason="rev39b: the trainer's first batches hold a single export day (the first "
-                                       "shard drawn fills the shuffle buffer's initial 100)")
 def test_the_trainers_first_batches_mix_export_days(train_shards: list[Path],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     days = {shard.name.split("-")[2] for shard in train_shards}
@@ -110,15 +109,11 @@ def _assert_one_epoch_reads_each_once(monkeypatch: pytest.MonkeyPatch, shards: l
     assert twice == [], f"{len(twice)} samples read twice, {_total(shards) - len(reads)} never in one epoch"
 
 
-@pytest.mark.xfail(strict=True, reason="rev39b: resampled=False splits an epoch's shards by count, not samples: "
-                                       "an epoch of steps on 2 ranks reads 43 samples twice, 50 never")
 def test_an_epoch_of_steps_reads_each_sample_once_across_ranks(train_shards: list[Path],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     _assert_one_epoch_reads_each_once(monkeypatch, train_shards, world=2, buffer=1, initial=0)
 
 
-@pytest.mark.xfail(strict=True, reason="rev39b: resampled=False's shuffle buffer runs across the epoch boundary: "
-                                       "one epoch of steps reads 153 samples twice, 160 never")
 def test_an_epoch_of_steps_reads_each_sample_once_with_the_default_buffer(train_shards: list[Path],
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     _assert_one_epoch_reads_each_once(monkeypatch, train_shards, world=1, buffer=1000, initial=100)

@@ -439,7 +439,7 @@ def test_the_trainer_draws_shards_by_their_sample_counts(tmp_path: Path) -> None
     stream = TrainPairStream(shards_, 4, None, ImageSpec(32, 32), seed=3, shuffle_buffer=1, shuffle_initial=1,
                                resampled=True, draft=True, num_workers=1)
     assert stream.weights == [sizes[p.name] for p in shards_]
-    draws = [Path(d["url"]).name for d in islice(stream._shard_urls(0, 1, 0), 6000)]
+    draws = [Path(d["url"]).name for d in islice(stream._resampled_shards(0, 1, 0), 6000)]
     total = sum(sizes.values())
     for name, count in sizes.items():
         assert abs(draws.count(name) / len(draws) - count / total) < 0.03, (name, draws.count(name), count)
