@@ -332,11 +332,20 @@ def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None 
     that stops inside a shard learns its digest only through ``inside`` (an :class:`OpenShard`, which
     names the shard being read until it passed its checks): it calls ``inside.finish()``. A url missing
     from ``digests`` is an error.
+
+    An item's ``lo`` / ``hi`` (samples ``lo:hi``; default all) are the samples yielded: the others are parsed for
+    their position but never built (no payload kept, nothing to decode). ``count=False`` (with ``hi``): another
+    reader checks this shard's count, so past sample ``hi`` its bytes are only hashed, not parsed (a shard that
+    ends before ``hi`` still fails its count).
     """
     for item in urls:
         url = item["url"]
+        lo, hi = item.get("lo", 0), item.get("hi")
+        stop = None if item.get("count", True) or hi is None else hi   # past it: only hashed, not parsed
         current: dict[str, Any] | None = None
         count = 0
+        whole = True   # parsed to the end-of-archive block: its sample count is checked
+        keep = False   # ``current`` is in ``lo:hi``: its members are kept and it is yielded
         if digests is not None and url not in digests:
             raise ShardChecksumError(f"shard {url} is not listed in its version's {dataset.MANIFEST_FILE}; "
                                      f"{dataset.republish(Path(url).parent.parent)}")
@@ -378,22 +387,27 @@ def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None 
                 if current is None or current["__key__"] != key:
                     if current is not None:
                         count += 1
-                        yield current
+                        if keep:
+                            yield current
+                    if stop is not None and count >= stop:   # the rest is another reader's: hash it, no more
+                        whole, current = False, None
+                        break
                     current = {"__key__": key, "__url__": url}
+                    keep = lo <= count and (hi is None or count < hi)
                 if ext in current:
                     raise ValueError(f"{url}: sample {key!r} repeats member {ext!r}")
-                current[ext] = payload
+                current[ext] = payload if keep else b""
             while sha is not None and read(1 << 16):  # the second zero block and the record padding
                 pass
         count += current is not None  # the last sample waits for the checks
-        if expected is not None and url in expected and count != expected[url]:
+        if whole and expected is not None and url in expected and count != expected[url]:
             raise ValueError(f"{url}: holds {count} samples but {dataset.SIZES_FILE} beside it lists {expected[url]}; "
                              "republish the version")
         if sha is not None and sha.hexdigest() != digests[url]:
             raise ShardChecksumError(_mismatch(url, sha.hexdigest(), digests[url]))
         if inside is not None and inside.url == url:
             inside._leave()  # verified
-        if current is not None:
+        if current is not None and keep:
             yield current
 
 
@@ -718,9 +732,16 @@ class TrainPairStream(torch.utils.data.IterableDataset):
                 dealt = [url for p in range(parts) for url, q in zip(order, owner) if q == p]
                 first, last, start, segments = part * share, (part + 1) * share, 0, []
                 for url in dealt:
-                    end = start + self.expected[url]
-                    if start < last and end > first:
-                        segments.append({"url": url, "lo": max(first - start, 0), "hi": min(last, end) - start})
+                    size = self.expected[url]
+                    end = start + size
+                    # The part whose run holds the shard's last sample (a 0-listed shard: its position; past the
+                    # last run: the last part) reads it to its end and checks its count (review rev39f: a shard
+                    # listed as 0 on a run's boundary was in no share, never opened, its samples lost silently).
+                    counter = min((end - 1 if size else start) // share, parts - 1)
+                    if (start < last and end > first) or counter == part:
+                        lo = min(max(first - start, 0), size)
+                        segments.append({"url": url, "lo": lo, "hi": max(min(last, end) - start, lo),
+                                         "count": counter == part})
                     start = end
                 yield segments
             epoch += 1
@@ -740,11 +761,10 @@ class TrainPairStream(torch.utils.data.IterableDataset):
         def read(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
             inside = OpenShard()
             opened.append(inside)
-            lo, hi, count = item.get("lo", 0), item.get("hi"), 0
-            for index, sample in enumerate(tar_samples([item], self.expected, self.digests, inside)):
+            count = 0
+            for sample in tar_samples([item], self.expected, self.digests, inside):
                 count += 1
-                if lo <= index and (hi is None or index < hi):
-                    yield sample
+                yield sample
             opened.remove(inside)
             if count:
                 empty.clear()

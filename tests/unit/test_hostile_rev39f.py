@@ -45,8 +45,6 @@ def _relist(version: Path, sizes: dict[str, int]) -> None:
     (version / "manifest.json").write_text(json.dumps(manifest))
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="rev39f: a shard sizes.json lists as 0 on a share boundary is never read in that epoch")
 def test_a_shard_sizes_json_lists_as_empty_is_not_silently_skipped_in_an_epoch(
         train_shards: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     version = tmp_path / train_shards[0].parent.parent.name
