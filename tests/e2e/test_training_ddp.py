@@ -1,13 +1,16 @@
 """DistributedDataParallel under torchrun on CPU: 2 processes, gloo backend, 3 steps; then resumed."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from training import cli
 from training.config import TrainConfig
 from training.data import tar_samples
 from training.synthetic import write_synthetic_version
@@ -22,6 +25,32 @@ def _torchrun(version: Path, out: Path, *extra: str) -> list[str]:
             "--tokenizer-vocab-size", "600", "--log-every", "1", "--eval-batch-size", "16", *extra]
 
 
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+# one step a rank, in shard order (no shuffling), evaluated and checkpointed at step 1
+ONE_STEP_IN_ORDER = ("--shuffle-buffer", "1", "--shuffle-initial", "0", "--eval-every", "1")
+
+
+@pytest.fixture(scope="module")
+def one_step_home(tmp_path_factory) -> Path:
+    """A home (48 train pairs, 12 a shard) and its 2-rank run ``intact/`` of one step, built once for the module:
+    a torchrun is three new processes that each import torch and the trainer (most of its seconds). Read only
+    here; a test that changes the version or the run works on its own copy (:func:`_copy`)."""
+    home = tmp_path_factory.mktemp("one_step_home")
+    version = home / "datasets" / "pickapic" / "v1"
+    write_synthetic_version(version, {"train": 48, "validation_unique": 12, "test_unique": 12}, image_px=32,
+                            seed=4, shards_per_split=4)   # 12 samples a shard; a rank takes 4 a step, in order
+    proc = subprocess.run(_torchrun(version, home / "intact", "--max-steps", "1", *ONE_STEP_IN_ORDER), cwd=REPO,
+                          env=ENV, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return home
+
+
+def _copy(home: Path, destination: Path) -> Path:
+    """A private, writable copy of the module's home (``latest`` kept a link; the run's paths are home-relative)."""
+    shutil.copytree(home, destination, symlinks=True)
+    return destination
+
+
 def test_two_process_gloo_run(tmp_path):
     version = tmp_path / "datasets" / "pickapic" / "v1"
     write_synthetic_version(version, {"train": 48, "validation_unique": 12, "test_unique": 12}, image_px=32,
@@ -32,7 +61,7 @@ def test_two_process_gloo_run(tmp_path):
            "--preset", "demo", "--max-steps", "3", "--eval-every", "3", "--batch-size", "8", "--image-size", "32",
            "--patch-size", "8", "--num-workers", "0", "--device", "cpu", "--tokenizer-vocab-size", "600",
            "--log-every", "1", "--eval-batch-size", "16"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = ENV
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -58,20 +87,15 @@ def test_two_process_gloo_run(tmp_path):
     assert failed.returncode != 0 and "ShardChecksumError" in failed.stderr, failed.stderr[-3000:]
 
 
-def test_a_checkpoint_waits_for_the_shard_another_rank_is_inside(tmp_path):
+def test_a_checkpoint_waits_for_the_shard_another_rank_is_inside(one_step_home, tmp_path):
     """Before each evaluation and checkpoint, the ranks hash whole the train shards all their workers are inside
     (split over the ranks) and share the outcome. Here only the shard the second rank hashes is damaged (one
     bit of its last JPEG, met by the stream only at the shard's end): both ranks fail at the step-1 check, and
     rank 0 neither reports nor saves step 1 (checkpoints/last/ and best/ keep the step-0 model)."""
-    version = tmp_path / "datasets" / "pickapic" / "v1"
-    write_synthetic_version(version, {"train": 48, "validation_unique": 12, "test_unique": 12}, image_px=32,
-                            seed=4, shards_per_split=4)   # 12 samples a shard; a rank takes 4 a step, in order
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    steps = ("--shuffle-buffer", "1", "--shuffle-initial", "0", "--eval-every", "1")
-    intact = tmp_path / "intact"
-    proc = subprocess.run(_torchrun(version, intact, "--max-steps", "1", *steps), cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the module's intact one-step run (12 samples a shard; a rank takes 4 a step, in order); a copy of its version
+    intact = one_step_home / "intact"
+    version = _copy(one_step_home / "datasets", tmp_path / "datasets") / "pickapic" / "v1"
+    env, steps = ENV, ONE_STEP_IN_ORDER
     opened = torch.load(intact / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)["open_shards"]
     # every rank is inside all 4 shards at step 1: a worker reads up to 4 at once (fix39e; it was one a rank)
     assert opened == [f"train/pickapic-train-{i:06d}.tar" for i in range(4)]
@@ -123,7 +147,7 @@ def test_a_divergence_only_rank_0_evaluation_sees_stops_every_rank_and_an_unchan
                             seed=4, shards_per_split=4)
     script = tmp_path / "diverging.py"
     script.write_text(DIVERGING)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = ENV
     out = tmp_path / "run"
     cmd = _torchrun(version, out, "--max-steps", "4", "--eval-every", "2")
     at = cmd.index("-m", cmd.index("--nproc_per_node"))
@@ -143,32 +167,24 @@ def test_a_divergence_only_rank_0_evaluation_sees_stops_every_rank_and_an_unchan
             in refused.stderr, refused.stderr[-3000:]
 
 
-def test_a_resume_that_trains_on_keeps_the_world_size(tmp_path):
+def test_a_resume_that_trains_on_keeps_the_world_size(one_step_home, tmp_path):
     """Each rank reads its own share of the train shards, so the DDP world size decides which pairs come next: a
     checkpoint records it (and every rank's RNG state), a resume that would train further steps on another
     number of processes is refused naming both, and one that trains no further step (the finished run
     re-evaluated) may run on any number; the same world size resumes."""
-    version = tmp_path / "datasets" / "pickapic" / "v1"
-    write_synthetic_version(version, {"train": 48, "validation_unique": 12, "test_unique": 12}, image_px=32,
-                            seed=4, shards_per_split=4)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    out = tmp_path / "run"
-    first = subprocess.run(_torchrun(version, out, "--max-steps", "1", "--eval-every", "1"), cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=180)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    home = _copy(one_step_home, tmp_path / "home")   # the module's 2-rank run of one step, resumed in a copy
+    version, out = home / "datasets" / "pickapic" / "v1", home / "intact"
+    env = ENV
     state_path = out / "checkpoints" / "last" / "trainer_state.pt"
     state = torch.load(state_path, weights_only=True)
     assert state["step"] == 1 and state["world_size"] == 2 and len(state["torch_rng"]) == 2
-    single = [sys.executable, "-m", "training", *_torchrun(version, out, "--eval-every", "1")[8:]]   # one process
-    refused = subprocess.run([*single, "--max-steps", "2"], cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=180)
-    assert refused.returncode != 0
-    assert "was trained by 2 DDP ranks" in refused.stderr and "on 1 process(es)" in refused.stderr, refused.stderr[-3000:]
+    # one process (no torchrun): run here, through the same CLI entry, rather than in a new interpreter
+    single = _torchrun(version, out, *ONE_STEP_IN_ORDER)[8:]
+    with pytest.raises(ValueError, match=r"on 1 process\(es\): .* was trained by 2 DDP ranks"):
+        cli.main([*single, "--max-steps", "2"])
     assert torch.load(state_path, weights_only=True)["step"] == 1     # nothing trained, nothing changed
-    evaluated = subprocess.run([*single, "--max-steps", "1"], cwd=REPO, env=env, capture_output=True, text=True,
-                               timeout=180)
-    assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
-    resumed = subprocess.run(_torchrun(version, out, "--max-steps", "2", "--eval-every", "1"), cwd=REPO, env=env,
+    assert cli.main([*single, "--max-steps", "1"]) == 0
+    resumed = subprocess.run(_torchrun(version, out, "--max-steps", "2", *ONE_STEP_IN_ORDER), cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert torch.load(state_path, weights_only=True)["step"] == 2
