@@ -45,7 +45,7 @@ from formats.settings import write_settings
 from pipelines.ingest.config import OUTPUT_DATASETS
 from pipelines.ingest.day import ingest_day
 from simulator import SimConfig, simulate
-from tests.e2e.cli_forkserver import forked_cli, run_python  # noqa: F401 (fixture)
+from tests.cli_forkserver import forked_cli, run_python  # noqa: F401 (fixture)
 from tests.fast_tmp import build_once
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +67,7 @@ pytestmark = pytest.mark.usefixtures("forked_cli")   # the tests' commands: chil
 def pickapic(home: Path, *args: str, runner: list[str] | None = None,
              env: dict[str, str] | None = None, fresh: bool = False) -> subprocess.CompletedProcess:
     """Run `pickapic <args> --home HOME` as its own process (no inherited home, instance or fault): forked from
-    the module's server (``tests/e2e/cli_forkserver.py``: the imports paid once), or with ``fresh`` a new
+    the module's server (``tests/cli_forkserver.py``: the imports paid once), or with ``fresh`` a new
     interpreter. ``runner``: a script run in place of ``-m dagster_project.cli``."""
     clean = {k: v for k, v in os.environ.items() if k not in ("PICKAPIC_HOME", "DAGSTER_HOME", "PICKAPIC_FAULT")}
     clean["PYTHONPATH"] = str(REPO)

@@ -58,7 +58,7 @@ from formats.home import DataHome
 from pipelines.ingest import day as ingest_module
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.day import ingest_day, refresh_later_days
-from tests.e2e.cli_forkserver import forked_cli  # noqa: F401 (fixture)
+from tests.cli_forkserver import forked_cli  # noqa: F401 (fixture)
 from tests.e2e.test_hostile_rev23a import DAY2, _partition_bytes, pickapic, simulated  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import pytest
 from dagster_project.staleness import record_observations
 from formats.home import DataHome
 from simulator import SimConfig, simulate
-from tests.e2e.cli_forkserver import forked_cli, run_python  # noqa: F401 (fixture)
+from tests.cli_forkserver import forked_cli, run_python  # noqa: F401 (fixture)
 from tests.e2e.conftest import copy_home
 from tests.fast_tmp import build_once
 
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("forked_cli")   # the tests' commands: chil
 
 def pickapic(home: DataHome, *args: str, fresh: bool = False) -> subprocess.CompletedProcess:
     """Run `pickapic <args> --home HOME` as its own process (no inherited DAGSTER_HOME): forked from the module's
-    server (``tests/e2e/cli_forkserver.py``: the imports paid once), or with ``fresh`` a new interpreter."""
+    server (``tests/cli_forkserver.py``: the imports paid once), or with ``fresh`` a new interpreter."""
     env = {k: v for k, v in os.environ.items() if k not in ("PICKAPIC_HOME", "DAGSTER_HOME", "PICKAPIC_FAULT")}
     return run_python(["-m", "dagster_project.cli", args[0], "--home", str(home.root), *args[1:]], env=env, cwd=REPO,
                       fresh=fresh)

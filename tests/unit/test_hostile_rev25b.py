@@ -49,10 +49,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.cli_forkserver import forked_cli, run_python  # noqa: F401 (a fixture)
 from tests.conftest import copy_home
 from tests.fast_tmp import fast_folder
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# the commands (``pickapic``, ``python -m STAGE``, the asset-check listing): children of a fork server that imported
+# the third-party libraries once (``tests/cli_forkserver.py``); the pipe into ``head`` and the user's snippet are
+# real interpreters (what they check is the process's own start and end)
+pytestmark = pytest.mark.usefixtures("forked_cli")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -64,9 +70,8 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def pickapic(*args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
-    """The real `pickapic` command, as a user types it (a subprocess of this interpreter)."""
-    done = subprocess.run(check=False, args=[sys.executable, "-m", "dagster_project.cli", *args], capture_output=True, text=True,
-                          env=_env(**env), cwd=str(ROOT), timeout=600)
+    """The real `pickapic` command, as a user types it (its own process: forked from the module's server)."""
+    done = run_python(["-m", "dagster_project.cli", *args], env=_env(**env), cwd=ROOT, timeout=600)
     if check and done.returncode != 0:
         raise AssertionError(f"pickapic {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return done
@@ -130,8 +135,8 @@ def test_every_warehouse_contract_rule_is_an_asset_check(home: Path) -> None:
         "graph = defs.get_repository_def().asset_graph\n"
         "print(json.dumps(sorted([k.asset_key.to_user_string(), k.name] for k in graph.asset_check_keys)))\n"
     )
-    done = subprocess.run(check=False, args=[sys.executable, "-c", script], capture_output=True, text=True, cwd=str(ROOT), timeout=300,
-                          env=_env(PICKAPIC_HOME=str(home), DAGSTER_HOME=str(home / "dagster")))
+    done = run_python(["-c", script], cwd=ROOT, timeout=300,
+                      env=_env(PICKAPIC_HOME=str(home), DAGSTER_HOME=str(home / "dagster")))
     assert done.returncode == 0, done.stderr
     checks = json.loads(done.stdout.strip().splitlines()[-1])
     names = {name for _, name in checks}
@@ -174,8 +179,7 @@ def test_raw_zone_problems_lists_the_entries_the_build_skipped(junk_home) -> Non
 
 def module(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """``python -m NAME ARGS`` as the README's "Each stage also runs without Dagster" line gives it."""
-    return subprocess.run(check=False, args=[sys.executable, "-m", name, *args], capture_output=True, text=True, env=_env(),
-                          cwd=str(cwd or ROOT), timeout=600)
+    return run_python(["-m", name, *args], env=_env(), cwd=cwd or ROOT, timeout=600)
 
 
 def test_dedup_stage_refuses_a_folder_that_is_not_a_data_home(tmp_path: Path) -> None:

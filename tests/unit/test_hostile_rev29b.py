@@ -53,6 +53,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,8 @@ import pytest
 from formats.home import DataHome
 from formats.settings import write_settings
 from simulator import SimConfig, simulate
+from tests.cli_forkserver import CLI, CLI_MODULES, THIRD_PARTY, ForkServer, forked_cli, pickapic_env  # noqa: F401
 from tests.fast_tmp import fast_folder
-from tests.prewarmed_cli import PLAIN, PrewarmedCli, Timeout
 
 REPO = Path(__file__).resolve().parents[2]
 SIM = SimConfig(days=3, users=12, rankings_per_day=25, image_size=64, seed=3)
@@ -107,30 +108,21 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PICKAPIC_FAULT", "PICKAPIC_HOME", "DAGSTER_HOME")}
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.update(extra)
-    return env
+# the module's fork server preimports the CLI and its stages too (17 builds; the hooks below patch os.replace /
+# os.rename, called through the module, and a Dagster class, never a project name before it is bound)
+FORK_PREIMPORT = THIRD_PARTY + CLI_MODULES
 
 
-def _run(cli: PrewarmedCli, code: str | None, args: list[str], log: Path, **extra: str) -> int:
-    """Run `pickapic ARGS` (through ``code`` when given) in its own session; wait for it, then SIGKILL what is left of
-    its group (a worker left behind must not write on). The process is forked from ``cli``'s server, which has
-    imported the CLI and its stages once (``tests/prewarmed_cli.py``): a run here is otherwise a new
-    ``python -c CODE ARGS`` in its own session, whose group the kill hook SIGKILLs."""
+def _run(cli: ForkServer, code: str | None, args: list[str], log: Path, **extra: str) -> int:
+    """Run `pickapic ARGS` (through ``code`` when given) in its own session, output appended to ``log``; wait for it,
+    then SIGKILL what is left of its group (a worker left behind must not write on). The process is forked from the
+    module's server (``tests/cli_forkserver.py``): a run here is otherwise a new ``python -m dagster_project.cli
+    ARGS`` (or ``python -c CODE ARGS``) in its own session, whose group the kill hook SIGKILLs."""
     try:
-        return cli.run(code or PLAIN, args, log, _env(**extra), TIMEOUT)
-    except Timeout:
+        return cli.run(["-c", code, *args] if code else [*CLI, *args], env=pickapic_env(**extra), timeout=TIMEOUT,
+                       log=log).returncode
+    except subprocess.TimeoutExpired:
         pytest.fail(f"{args} ran past {TIMEOUT}s; log:\n{log.read_text(errors='replace')[-3000:]}")
-
-
-@pytest.fixture(scope="module")
-def cli() -> PrewarmedCli:
-    """The server the module's `pickapic` runs are forked from (17 builds: each would import Dagster, Beam and
-    DuckDB again, most of a small build's time)."""
-    with PrewarmedCli(_env()) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +174,7 @@ NIGHTLY_KILLS = [
 
 
 @pytest.fixture(scope="module")
-def crashed_nightly(tmp_path_factory, raw_zone, cli):
+def crashed_nightly(tmp_path_factory, raw_zone, forked_cli):
     """A home whose first build (days 1-2) was SIGKILLed at each of FIRST_KILLS, then finished, and whose day-3
     nightly was SIGKILLed at each of NIGHTLY_KILLS, then rerun to success.
 
@@ -193,18 +185,18 @@ def crashed_nightly(tmp_path_factory, raw_zone, cli):
         seen = {}
 
         def kill(pattern: str, nth: int, *args: str) -> None:
-            code = _run(cli, KILL_AT_RENAME, ["build", "--home", str(home.root), *args], log,
+            code = _run(forked_cli, KILL_AT_RENAME, ["build", "--home", str(home.root), *args], log,
                         REV29B_KILL_RE=pattern, REV29B_KILL_N=str(nth))
             assert code == -signal.SIGKILL, f"{pattern}: exit {code}; log:\n{log.read_text()[-3000:]}"
             seen[(pattern, args)] = [t for top in ("warehouse", "blobs", "cache", "datasets") for t in _temps(home, top)]
 
         for pattern, nth in FIRST_KILLS:
             kill(pattern, nth, "--to", DAY2)
-        assert _run(cli, None, ["build", "--home", str(home.root), "--to", DAY2], log) == 0, log.read_text()[-3000:]
+        assert _run(forked_cli, None, ["build", "--home", str(home.root), "--to", DAY2], log) == 0, log.read_text()[-3000:]
         for pattern, nth in NIGHTLY_KILLS:
             kill(pattern, nth)
         final = folder / "final.log"
-        code = _run(cli, None, ["build", "--home", str(home.root)], final)
+        code = _run(forked_cli, None, ["build", "--home", str(home.root)], final)
         yield home, seen, code, final.read_text(errors="replace")
 
 
@@ -215,11 +207,11 @@ def _left_after_rerun(crashed_nightly, tops: tuple[str, ...], keep: str = ".*") 
     return [t for top in tops for t in _temps(home, top) if re.search(keep, t)]
 
 
-def test_ctrl_c_between_runs_stops_the_build(raw_zone: Path, tmp_path: Path, cli: PrewarmedCli) -> None:
+def test_ctrl_c_between_runs_stops_the_build(raw_zone: Path, tmp_path: Path, forked_cli: ForkServer) -> None:
     with fast_folder(tmp_path) as folder:
         home = _raw_home(raw_zone, folder / "home")
         log = folder / "build.log"
-        code = _run(cli, SIGNAL_AFTER_FIRST_RUN, ["build", "--home", str(home.root), "--to", DAY2], log,
+        code = _run(forked_cli, SIGNAL_AFTER_FIRST_RUN, ["build", "--home", str(home.root), "--to", DAY2], log,
                     REV29B_SIG="SIGINT")
         text = log.read_text(errors="replace")
         assert "built 2 day(s)" not in text, text[-2000:]
@@ -227,11 +219,11 @@ def test_ctrl_c_between_runs_stops_the_build(raw_zone: Path, tmp_path: Path, cli
         assert not (home.datasets / "latest").exists(), "a build the user interrupted published a version"
 
 
-def test_sigterm_between_runs_stops_the_build(raw_zone: Path, tmp_path: Path, cli: PrewarmedCli) -> None:
+def test_sigterm_between_runs_stops_the_build(raw_zone: Path, tmp_path: Path, forked_cli: ForkServer) -> None:
     with fast_folder(tmp_path) as folder:
         home = _raw_home(raw_zone, folder / "home")
         log = folder / "build.log"
-        code = _run(cli, SIGNAL_AFTER_FIRST_RUN, ["build", "--home", str(home.root), "--to", DAY2], log,
+        code = _run(forked_cli, SIGNAL_AFTER_FIRST_RUN, ["build", "--home", str(home.root), "--to", DAY2], log,
                     REV29B_SIG="SIGTERM")
         text = log.read_text(errors="replace")
         assert code != 0 and "built 2 day(s)" not in text, f"exit {code}:\n{text[-2000:]}"

@@ -55,7 +55,10 @@ from pipelines.features.config import FeaturesConfig
 from pipelines.features.stage import build_features
 from pipelines.ingest.day import ingest_day
 from simulator import SimConfig, simulate
-from tests.prewarmed_cli import PrewarmedCli, build_stdout, prewarmed_cli  # noqa: F401 (a fixture)
+from tests.cli_forkserver import CLI_MODULES, THIRD_PARTY, ForkServer, build_stdout, forked_cli  # noqa: F401 (a fixture)
+
+# the module's fork server preimports the CLI and its stages too: its builds patch nothing
+FORK_PREIMPORT = THIRD_PARTY + CLI_MODULES
 
 DAY = "2023-03-01"
 
@@ -109,14 +112,14 @@ def test_a_pruned_day_resolves_no_uid_its_raw_file_did_not_export(tmp_path: Path
 
 
 # ------------------------------------------- 3. wrong published data: a copy by uid on another day stays stale
-def _pickapic_build(cli: PrewarmedCli, home: DataHome, *args: str) -> str:
+def _pickapic_build(cli: ForkServer, home: DataHome, *args: str) -> str:
     """`pickapic build --home HOME ARGS`, forked from ``cli``'s server, which imported the CLI and its stages once
-    (``tests/prewarmed_cli.py``: each run would import Dagster, Beam and DuckDB again); its stdout."""
+    (``tests/cli_forkserver.py``: each run would import Dagster, Beam and DuckDB again); its stdout."""
     return build_stdout(cli, home.root, *args)
 
 
 def test_a_day_that_copied_a_row_by_uid_follows_the_earlier_days_row_after_a_blob_is_replaced(
-        tmp_path: Path, prewarmed_cli: PrewarmedCli) -> None:
+        tmp_path: Path, forked_cli: ForkServer) -> None:
     sim = SimConfig(days=2, users=10, rankings_per_day=16, image_size=32, seed=3)
     day1, day2 = sim.day(0), sim.day(1)
     home = DataHome(tmp_path / "home")
@@ -137,7 +140,7 @@ def test_a_day_that_copied_a_row_by_uid_follows_the_earlier_days_row_after_a_blo
     images2 = home.raw_file(day2, "images")                  # the image's line exported again the next day
     images2.write_bytes(gzip.compress(gzip.decompress(images2.read_bytes()) + json.dumps(picked).encode() + b"\n",
                                       mtime=0))
-    _pickapic_build(prewarmed_cli, home)
+    _pickapic_build(forked_cli, home)
 
     def sha(day: str) -> str:
         return {row["image_uid"]: row["sha256"] for row in _rows(home, "image_features", day)}[uid]
@@ -146,8 +149,8 @@ def test_a_day_that_copied_a_row_by_uid_follows_the_earlier_days_row_after_a_blo
     blob = home.root / home.raw_image_relpath(uid)
     blob.write_bytes(png(77, (32, 32)))                       # a corrected image delivered again under the uid
     time.sleep(0.3)
-    _pickapic_build(prewarmed_cli, home, "--force", "--from", day1, "--to", day1)
-    _pickapic_build(prewarmed_cli, home)                      # the next nightly
+    _pickapic_build(forked_cli, home, "--force", "--from", day1, "--to", day1)
+    _pickapic_build(forked_cli, home)                      # the next nightly
     now = hashlib.sha256(blob.read_bytes()).hexdigest()
     assert sha(day1) == now
     assert sha(day2) == now

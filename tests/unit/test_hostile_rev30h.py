@@ -45,7 +45,10 @@ from formats.settings import write_settings
 from pipelines.features.config import FeaturesConfig
 from pipelines.features.stage import build_features
 from pipelines.provenance import COPIES_MARK, RejectedBlobs
-from tests.prewarmed_cli import PrewarmedCli, build_stdout, prewarmed_cli  # noqa: F401 (a fixture)
+from tests.cli_forkserver import CLI_MODULES, THIRD_PARTY, ForkServer, build_stdout, forked_cli  # noqa: F401 (a fixture)
+
+# the module's fork server preimports the CLI and its stages too: its builds patch nothing
+FORK_PREIMPORT = THIRD_PARTY + CLI_MODULES
 
 A, B, C = "2023-03-01", "2023-03-02", "2023-03-03"
 CONFIG = FeaturesConfig(workers=0)
@@ -95,9 +98,9 @@ def test_a_copy_by_sha256_from_the_rows_own_uid_on_an_earlier_day_is_not_planned
 
 # ----------------------------------------------------------------------------------------------------------------
 # 2. incremental != from scratch: the build stamp bakes in a day made stale during the build
-def _pickapic(cli: PrewarmedCli, home: DataHome, *args: str) -> str:
+def _pickapic(cli: ForkServer, home: DataHome, *args: str) -> str:
     """`pickapic build --home HOME ARGS`, forked from ``cli``'s server, which imported the CLI and its stages once
-    (``tests/prewarmed_cli.py``: each run would import Dagster, Beam and DuckDB again); its stdout."""
+    (``tests/cli_forkserver.py``: each run would import Dagster, Beam and DuckDB again); its stdout."""
     return build_stdout(cli, home.root, *args)
 
 
@@ -118,7 +121,7 @@ def _clean_day(day: str, seed: int, id_base: int) -> DayBuilder:
 
 
 def test_a_day_made_stale_by_a_backfilled_earlier_day_is_run_by_the_next_build(tmp_path: Path,
-                                                                                prewarmed_cli: PrewarmedCli) -> None:
+                                                                                forked_cli: ForkServer) -> None:
     home = DataHome(tmp_path / "home")
     home.banned_users_file.parent.mkdir(parents=True, exist_ok=True)
     home.banned_users_file.write_text("")
@@ -131,10 +134,10 @@ def test_a_day_made_stale_by_a_backfilled_earlier_day_is_run_by_the_next_build(t
     twin = second.image_uids[0]                            # the same picture uploaded again the next day
     (home.root / home.raw_image_relpath(twin)).write_bytes(png(1, (40, 32)))
     second.write(home)
-    _pickapic(prewarmed_cli, home)                         # day 2 first
+    _pickapic(forked_cli, home)                         # day 2 first
     first.write(home)                                      # day 1 delivered late (a backfill)
-    assert f"ran {A}:" in _pickapic(prewarmed_cli, home)   # runs day 1 (and the rebuild), day 2 not stale yet
-    _pickapic(prewarmed_cli, home)                         # the next build
+    assert f"ran {A}:" in _pickapic(forked_cli, home)   # runs day 1 (and the rebuild), day 2 not stale yet
+    _pickapic(forked_cli, home)                         # the next build
     reused = {r["image_uid"]: r["reused_from"] for r in _features(home, B)}
     assert reused[twin] == first.image_uids[0]             # as a build from scratch copies it, by sha256
-    assert _pickapic(prewarmed_cli, home, "--dry-run").startswith("up to date")
+    assert _pickapic(forked_cli, home, "--dry-run").startswith("up to date")
