@@ -19,7 +19,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 STAGE = r'''
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)   # as from a shell: an xdist worker's child starts ignoring it
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 from test_features_fixtures import fake_detector, png, write_day
